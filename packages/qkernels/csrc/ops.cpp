@@ -1,0 +1,20 @@
+// Every op of the library, declared once. The schemas are the contract of docs/ops.md:
+// implementations register per device (csrc/cpu, csrc/cuda, and the Python references).
+#include <torch/csrc/stable/library.h>
+
+STABLE_TORCH_LIBRARY(quanta, m) {
+  m.def("quantize_symmetric(Tensor input, Tensor scale, ScalarType dtype) -> Tensor");
+  m.def("dequantize_symmetric(Tensor codes, Tensor scale, ScalarType dtype) -> Tensor");
+  m.def(
+      "quantize_affine(Tensor input, Tensor scale, Tensor zero_point, int bits, int group_size)"
+      " -> Tensor");
+  m.def(
+      "dequantize_affine(Tensor codes, Tensor scale, Tensor zero_point, int group_size,"
+      " ScalarType dtype) -> Tensor");
+  m.def("pack(Tensor codes, int bits) -> Tensor");
+  m.def("unpack(Tensor packed, int bits, int size) -> Tensor");
+  m.def("linear_symmetric(Tensor input, Tensor codes, Tensor scale, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_affine(Tensor input, Tensor packed, Tensor scale, Tensor zero_point, int bits,"
+      " int group_size, Tensor? bias) -> Tensor");
+}

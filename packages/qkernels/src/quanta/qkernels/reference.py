@@ -1,0 +1,218 @@
+"""Pure-PyTorch reference implementations of the ``torch.ops.quanta.*`` ops.
+
+One function per op, with the op's name and schema (docs/ops.md). They are registered for the
+``CompositeExplicitAutograd`` key, so they run on every device (CPU, CUDA, MPS, XPU, ...); a native
+kernel registered for a device's own key (e.g. the C++ CPU ``unpack``) takes precedence there.
+Every function checks its arguments first and raises TypeError/ValueError naming the argument.
+Dequantization is computed in fp32 and cast to the requested dtype at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from quanta.qkernels import _validate as v
+
+__all__ = [
+    "dequantize_affine",
+    "dequantize_symmetric",
+    "linear_affine",
+    "linear_symmetric",
+    "pack",
+    "quantize_affine",
+    "quantize_symmetric",
+    "unpack",
+]
+
+
+def quantize_symmetric(
+    input: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """codes = input / scale, rounded and clamped to int8, or clamped to ±finfo.max for float8."""
+    check_quantize_symmetric(input, scale, dtype)
+    scaled = input.float() / scale.float()
+    if dtype == torch.int8:
+        return scaled.round().clamp(-128, 127).to(torch.int8)
+    limit = torch.finfo(dtype).max
+    return scaled.clamp(-limit, limit).to(dtype)
+
+
+def dequantize_symmetric(
+    codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """codes * scale, computed in fp32, returned in dtype."""
+    check_dequantize_symmetric(codes, scale, dtype)
+    return (codes.float() * scale.float()).to(dtype)
+
+
+def quantize_affine(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
+    """uint8 codes = clamp(round(input / scale + zero_point), 0, 2**bits - 1), per group of K."""
+    check_quantize_affine(input, scale, zero_point, bits, group_size)
+    rows, k = input.shape
+    grouped = input.float().reshape(rows, k // group_size, group_size)
+    scaled = grouped / scale.float().unsqueeze(-1) + zero_point.float().unsqueeze(-1)
+    codes = scaled.round().clamp(0, 2**bits - 1).to(torch.uint8)
+    return codes.reshape(rows, k)
+
+
+def dequantize_affine(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(codes - zero_point) * scale per group of K, in fp32, returned in dtype."""
+    check_dequantize_affine(codes, scale, zero_point, group_size, dtype)
+    rows, k = codes.shape
+    grouped = codes.float().reshape(rows, k // group_size, group_size)
+    values = (grouped - zero_point.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
+    return values.reshape(rows, k).to(dtype)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [..., K] into uint8 [..., ceil(K * bits / 8)], low bits first.
+
+    Code j goes to byte j // (8 // bits) at bit (j % (8 // bits)) * bits. Codes must be below
+    2**bits; higher bits are dropped (values are not checked, which would synchronize a device).
+    """
+    check_pack(codes, bits)
+    per_byte = 8 // bits
+    k = codes.shape[-1]
+    width = v.packed_width(k, bits)
+    masked = codes & (2**bits - 1)
+    if width * per_byte != k:
+        masked = F.pad(masked, (0, width * per_byte - k))
+    slots = masked.reshape(*codes.shape[:-1], width, per_byte)
+    packed = slots[..., 0].clone()
+    for slot in range(1, per_byte):
+        packed |= slots[..., slot] << (slot * bits)
+    return packed
+
+
+def unpack(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
+    """The inverse of pack: uint8 [..., ceil(size * bits / 8)] into uint8 codes [..., size]."""
+    check_unpack(packed, bits, size)
+    mask, per_byte = 2**bits - 1, 8 // bits
+    slots = [(packed >> (slot * bits)) & mask for slot in range(per_byte)]
+    codes = torch.stack(slots, dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * per_byte)
+    return codes[..., :size].contiguous()
+
+
+def linear_symmetric(
+    input: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """input [..., K] @ (codes * scale)ᵀ + bias, in input's dtype; codes [N, K], scale [N, 1]."""
+    check_linear_symmetric(input, codes, scale, bias)
+    weight = torch.ops.quanta.dequantize_symmetric(codes, scale, input.dtype)
+    return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
+
+
+def linear_affine(
+    input: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bits: int,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """input [..., K] @ dequantize_affine(unpack(packed))ᵀ + bias, in input's dtype."""
+    check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
+    k = input.shape[-1]
+    codes = torch.ops.quanta.unpack(packed, bits, k)
+    weight = torch.ops.quanta.dequantize_affine(codes, scale, zero_point, group_size, input.dtype)
+    return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
+
+
+# ---- argument checks (shared with the fake kernels) -------------------------------------------
+
+
+def check_quantize_symmetric(input, scale, dtype) -> None:
+    op = "quantize_symmetric"
+    v.check_floating(op, "input", input)
+    v.check_floating(op, "scale", scale)
+    v.check_target_dtype(op, dtype, v.SYMMETRIC_CODE_DTYPES)
+    v.check_broadcasts_to(op, "scale", scale, input.shape)
+
+
+def check_dequantize_symmetric(codes, scale, dtype) -> None:
+    op = "dequantize_symmetric"
+    v.check_dtype(op, "codes", codes, v.SYMMETRIC_CODE_DTYPES)
+    v.check_floating(op, "scale", scale)
+    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
+    v.check_broadcasts_to(op, "scale", scale, codes.shape)
+
+
+def check_quantize_affine(input, scale, zero_point, bits, group_size) -> None:
+    op = "quantize_affine"
+    v.check_bits(op, bits, v.AFFINE_BITS)
+    v.check_floating(op, "input", input)
+    v.check_groups(op, "input", input, scale, zero_point, group_size)
+
+
+def check_dequantize_affine(codes, scale, zero_point, group_size, dtype) -> None:
+    op = "dequantize_affine"
+    v.check_dtype(op, "codes", codes, (torch.uint8,))
+    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
+    v.check_groups(op, "codes", codes, scale, zero_point, group_size)
+
+
+def check_pack(codes, bits) -> None:
+    v.check_bits("pack", bits, v.PACK_BITS)
+    v.check_dtype("pack", "codes", codes, (torch.uint8,))
+    if codes.dim() < 1:
+        raise ValueError("quanta::pack: codes must have at least one dimension, got a scalar")
+
+
+def check_unpack(packed, bits, size) -> None:
+    v.check_bits("unpack", bits, v.PACK_BITS)
+    if size < 0:
+        raise ValueError(f"quanta::unpack: size must be >= 0, got {size}")
+    v.check_packed("unpack", "packed", packed, size, bits)
+
+
+def check_linear_symmetric(input, codes, scale, bias) -> None:
+    op = "linear_symmetric"
+    v.check_dtype(op, "codes", codes, v.SYMMETRIC_CODE_DTYPES)
+    if codes.dim() != 2:
+        raise ValueError(f"quanta::{op}: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
+    n, k = codes.shape
+    v.check_floating(op, "scale", scale)
+    if tuple(scale.shape) != (n, 1):
+        raise ValueError(
+            f"quanta::{op}: scale must have shape [N, 1] = [{n}, 1], got {list(scale.shape)}"
+        )
+    v.check_linear_input(op, input, k)
+    v.check_bias(op, bias, n)
+
+
+def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:
+    op = "linear_affine"
+    v.check_bits(op, bits, v.PACK_BITS)
+    if input.dim() < 1:
+        raise ValueError(f"quanta::{op}: input must be [..., K], got a scalar")
+    k = input.shape[-1]
+    v.check_floating(op, "input", input)
+    v.check_packed(op, "packed", packed, k, bits)
+    if packed.dim() != 2:
+        raise ValueError(
+            f"quanta::{op}: packed must be 2-D [N, ceil(K * bits / 8)], got shape "
+            f"{tuple(packed.shape)}"
+        )
+    n = packed.shape[0]
+    # Check the groups against the [N, K] weight the packed codes stand for.
+    v.check_groups(
+        op, "weight", packed.new_empty((n, k), device="meta"), scale, zero_point, group_size
+    )
+    v.check_bias(op, bias, n)

@@ -1,0 +1,54 @@
+"""torch.library.opcheck on every op: schema, fake kernel, autograd registration, AOT dispatch."""
+
+import pytest
+import torch
+
+import quanta.qkernels
+
+
+def op_samples(device):
+    u8 = torch.uint8
+    x = torch.randn(4, 32, device=device)
+    row_scale = torch.rand(4, 1, device=device) + 0.01
+    group_scale = torch.rand(4, 2, device=device) + 0.01
+    group_zero = torch.randint(0, 16, (4, 2), dtype=u8, device=device)
+    codes4 = torch.randint(0, 16, (4, 32), dtype=u8, device=device)
+    int8_codes = torch.randint(-127, 128, (4, 32), dtype=torch.int8, device=device)
+    packed4 = torch.ops.quanta.pack(codes4, 4)
+    grad_x = torch.randn(2, 3, 32, device=device, requires_grad=True)
+    bias = torch.randn(4, device=device, requires_grad=True)
+    return {
+        "quantize_symmetric": [(x, row_scale, torch.int8), (x, row_scale, torch.float8_e4m3fn)],
+        "dequantize_symmetric": [(int8_codes, row_scale, torch.bfloat16)],
+        "quantize_affine": [(x, group_scale, group_zero, 4, 16)],
+        "dequantize_affine": [(codes4, group_scale, group_zero.float(), 16, torch.float16)],
+        "pack": [(codes4, 4), (codes4[:, :7] % 4, 2)],
+        "unpack": [(packed4, 4, 32), (torch.ops.quanta.pack(codes4[:, :7] % 4, 2), 2, 7)],
+        "linear_symmetric": [
+            (x, int8_codes, row_scale, None),
+            (grad_x, int8_codes, row_scale, bias),
+        ],
+        "linear_affine": [
+            (x, packed4, group_scale, group_zero, 4, 16, None),
+            (
+                grad_x,
+                packed4,
+                group_scale.clone().requires_grad_(),
+                group_zero.float(),
+                4,
+                16,
+                bias,
+            ),
+        ],
+    }
+
+
+def test_every_op_has_samples():
+    assert sorted(op_samples("cpu")) == sorted(quanta.qkernels.OPS)
+
+
+@pytest.mark.parametrize("name", quanta.qkernels.OPS)
+def test_opcheck(device, name):
+    op = getattr(torch.ops.quanta, name).default
+    for args in op_samples(device)[name]:
+        torch.library.opcheck(op, args)
