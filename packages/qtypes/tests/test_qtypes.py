@@ -93,7 +93,9 @@ def test_minmax_affine_params_reconstruct_within_half_a_step(qtype):
     assert scale.shape == zero_point.shape == (8, 4)
     assert zero_point.dtype == torch.uint8
     groups = x.reshape(8, 4, 16)
-    codes = torch.clamp(torch.round(groups / scale[..., None]) + zero_point[..., None], 0, qtype.qmax)
+    codes = torch.clamp(
+        torch.round(groups / scale[..., None]) + zero_point[..., None], 0, qtype.qmax
+    )
     restored = (codes - zero_point[..., None]) * scale[..., None]
     assert ((restored - groups).abs() <= scale[..., None] / 2 + 1e-6).all()
 

@@ -1,7 +1,7 @@
 """quanta: quantize PyTorch models (int2/int4/int8/fp8 weights) in one call, on CPU and GPU.
 
-This file is the only `quanta/__init__.py`: each layer (quanta.qtypes, quanta.qkernels, ...) is a
-portion of the namespace. Re-exports are lazy (PEP 562), so `import quanta.qtypes` loads nothing above.
+The only `quanta/__init__.py`: each layer (quanta.qtypes, quanta.qkernels, ...) is a portion of
+the namespace. Re-exports are lazy (PEP 562), so `import quanta.qtypes` loads nothing above it.
 """
 
 from __future__ import annotations

@@ -44,9 +44,7 @@ qfloat8_e4m3fnuz = _float8("qfloat8_e4m3fnuz", torch.float8_e4m3fnuz)
 qfloat8_e5m2 = _float8("qfloat8_e5m2", torch.float8_e5m2)
 qfloat8 = qfloat8_e4m3fn
 
-_QTYPES = {
-    q.name: q for q in (qint2, qint4, qint8, qfloat8_e4m3fn, qfloat8_e4m3fnuz, qfloat8_e5m2)
-}
+_QTYPES = {q.name: q for q in (qint2, qint4, qint8, qfloat8_e4m3fn, qfloat8_e4m3fnuz, qfloat8_e5m2)}
 _ALIASES = {
     "int2": qint2,
     "int4": qint4,

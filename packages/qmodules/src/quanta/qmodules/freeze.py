@@ -1,0 +1,36 @@
+"""freeze(): store the quantized weights and free the float ones."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quanta.qmodules.modules.base import WEIGHT, QModuleMixin
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Replace the float weights of `model`'s quantized modules with stored QTensors.
+
+    Accepts any module (a whole model or a single quantized module) and returns it. Every
+    weight is checked for NaN/Inf before any module is changed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    pending = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, QModuleMixin)
+        and not module.is_frozen
+        and module.weight_qtype is not None
+        and module._parameters.get(WEIGHT) is not None
+    ]
+    for name, module in pending:
+        weight = module._parameters[WEIGHT]
+        if not weight.is_meta and not bool(torch.isfinite(weight).all()):
+            raise ValueError(
+                f"the weight of module {name or type(module).__name__!r} holds NaN or Inf; "
+                "it cannot be quantized"
+            )
+    for _, module in pending:
+        module.freeze_weight()
+    return model

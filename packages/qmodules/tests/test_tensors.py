@@ -1,0 +1,146 @@
+"""QBytesTensor / QBitsTensor: canonical layout, dequantize, and the derived tensor plumbing."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+from quanta.qmodules import QBitsTensor, QBytesTensor, QTensor
+from quanta.qtypes import qfloat8, qint2, qint4, qint8
+
+# a weight's dequantized values lie within half a quantization step of the float ones
+HALF_STEP = 0.5 + 1e-3
+
+
+def bytes_tensor(qtype=qint8, dtype=torch.float32) -> QBytesTensor:
+    torch.manual_seed(0)
+    return QBytesTensor.quantize(torch.randn(24, 40, dtype=dtype), qtype)
+
+
+def bits_tensor(qtype=qint4, dtype=torch.float32) -> QBitsTensor:
+    torch.manual_seed(0)
+    return QBitsTensor.quantize(torch.randn(24, 64, dtype=dtype), qtype, group_size=32)
+
+
+def test_bytes_layout_is_codes_and_per_row_scale():
+    tensor = bytes_tensor()
+    assert tensor.codes.shape == (24, 40) and tensor.codes.dtype == torch.int8
+    assert tensor.scale.shape == (24, 1) and tensor.scale.dtype == torch.float32
+    assert tensor.shape == (24, 40) and tensor.dtype == torch.float32
+
+
+def test_fp8_codes_are_float8():
+    tensor = bytes_tensor(qfloat8, torch.bfloat16)
+    assert tensor.codes.dtype == torch.float8_e4m3fn
+    assert tensor.scale.dtype == torch.bfloat16 and tensor.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("qtype", [qint2, qint4])
+def test_bits_layout_is_packed_codes_with_group_params(qtype):
+    tensor = bits_tensor(qtype)
+    assert tensor.codes.shape == (24, 64 * qtype.bits // 8) and tensor.codes.dtype == torch.uint8
+    assert tensor.scale.shape == (24, 2) and tensor.scale.dtype == torch.float32
+    assert tensor.zero_point.shape == (24, 2) and tensor.zero_point.dtype == torch.uint8
+
+
+def test_odd_row_length_packs_into_ceil_bytes():
+    tensor = QBitsTensor.quantize(torch.randn(3, 7), qint4, group_size=7)
+    assert tensor.codes.shape == (3, 4)
+    assert tensor.dequantize().shape == (3, 7)
+
+
+def test_dequantize_is_within_half_a_step():
+    torch.manual_seed(0)
+    weight = torch.randn(24, 64)
+    tensor = QBitsTensor.quantize(weight, qint4, group_size=32)
+    step = tensor.scale.repeat_interleave(32, dim=1)
+    assert ((tensor.dequantize() - weight).abs() <= HALF_STEP * step).all()
+    tensor = QBytesTensor.quantize(weight, qint8)
+    assert ((tensor.dequantize() - weight).abs() <= HALF_STEP * tensor.scale).all()
+
+
+def test_conv_weight_keeps_logical_shape_with_2d_codes():
+    weight = torch.randn(8, 3, 3, 3)
+    tensor = QBitsTensor.quantize(weight, qint4, group_size=27)
+    assert tensor.shape == (8, 3, 3, 3) and tensor.scale.shape == (8, 1)
+    assert tensor.dequantize().shape == (8, 3, 3, 3)
+
+
+@pytest.mark.parametrize("qtype", [qint2, qint4, qint8, qfloat8])
+def test_all_zero_rows_dequantize_to_exact_zeros(qtype):
+    weight = torch.zeros(4, 32)
+    weight[1] = torch.linspace(-1, 1, 32)
+    tensor = (
+        QBitsTensor.quantize(weight, qtype, 16)
+        if qtype.is_packed
+        else QBytesTensor.quantize(weight, qtype)
+    )
+    values = tensor.dequantize()
+    assert not values.isnan().any()
+    assert torch.equal(values[[0, 2, 3]], torch.zeros(3, 32))
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_flatten_unflatten_round_trip(make):
+    tensor = make()
+    assert is_traceable_wrapper_subclass(tensor)
+    names, attributes = tensor.__tensor_flatten__()
+    inner = {name: getattr(tensor, name) for name in names}
+    rebuilt = type(tensor).__tensor_unflatten__(inner, attributes, tensor.shape, tensor.stride())
+    assert torch.equal(rebuilt.dequantize(), tensor.dequantize())
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_deepcopy_pickle_detach_keep_the_values(make):
+    tensor = make()
+    for other in (copy.deepcopy(tensor), pickle.loads(pickle.dumps(tensor)), tensor.detach()):
+        assert type(other) is type(tensor)
+        assert other.attributes() == tensor.attributes()
+        assert torch.equal(other.dequantize(), tensor.dequantize())
+    assert copy.deepcopy(tensor).codes.data_ptr() != tensor.codes.data_ptr()
+
+
+def test_parameter_stays_a_parameter_through_deepcopy_and_pickle():
+    parameter = torch.nn.Parameter(bits_tensor(), requires_grad=False)
+    for other in (copy.deepcopy(parameter), pickle.loads(pickle.dumps(parameter))):
+        assert isinstance(other, torch.nn.Parameter) and isinstance(other, QBitsTensor)
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_to_dtype_converts_scales_and_keeps_codes(make):
+    tensor = make()
+    half = tensor.to(torch.float16)
+    assert type(half) is type(tensor) and half.dtype == torch.float16
+    assert half.scale.dtype == torch.float16 and torch.equal(half.codes, tensor.codes)
+    assert tensor.half().dtype == torch.float16
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_device_moves_carry_every_inner_tensor(make):
+    tensor = make()
+    moved = tensor.to("meta")
+    assert moved.device.type == "meta"
+    assert all(inner.is_meta for inner in moved.inner_tensors().values())
+    back = tensor.cpu()
+    assert back.device.type == "cpu" and torch.equal(back.dequantize(), tensor.dequantize())
+
+
+def test_repr_names_layout_and_settings():
+    text = repr(bits_tensor())
+    assert "QBitsTensor" in text and "qint4" in text and "group_size=32" in text
+
+
+def test_other_ops_fall_back_to_the_dequantized_tensor():
+    tensor = bits_tensor()
+    dense = tensor.dequantize()
+    assert torch.equal(tensor * 2, dense * 2)
+    assert torch.equal(tensor.t(), dense.t())
+    assert torch.equal(torch.matmul(torch.ones(3, 24), tensor), torch.ones(3, 24) @ dense)
+    assert not isinstance(tensor + 1, QTensor)
+
+
+def test_in_place_ops_on_a_quantized_tensor_raise():
+    with pytest.raises(NotImplementedError, match="in place"):
+        bytes_tensor().mul_(2)
