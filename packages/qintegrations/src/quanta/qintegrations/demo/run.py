@@ -1,0 +1,251 @@
+"""The demo: quantize three real models at several weight types and print one table.
+
+For each model the fp32 original is loaded once and scored; every quantized row starts from a
+fresh deep copy of it, is quantized and frozen, and is scored against the fp32 numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quanta.qintegrations.demo import data, metrics, models
+from quanta.qintegrations.demo.deps import require
+from quanta.qmodules import freeze, quantize, weight_memory
+
+MODEL_NAMES = ("smollm2", "minilm", "mobilenet")
+WEIGHT_NAMES = ("int8", "int4", "int2", "float8")
+
+SENTENCE_BATCH = 32  # MiniLM sentences per batch
+IMAGE_BATCH = 16  # MobileNetV2 images per batch
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs: which models and weight types, and how much data to score on."""
+
+    models: Sequence[str] = MODEL_NAMES
+    weights: Sequence[str] = WEIGHT_NAMES
+    tokens: int = 8192
+    sentences: int = 512
+    images: int = 128
+    group_size: int | None = None
+    cache: Path | None = None
+
+
+@dataclass
+class ModelUnderTest:
+    """An fp32 model and the function that scores it, or a quantized copy of it."""
+
+    title: str
+    model: nn.Module
+    metric_name: str
+    time_unit: str
+    score: Callable[[nn.Module], tuple[float, float]]  # model -> (metric, seconds per unit)
+    exclude: str | list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One line of the demo table."""
+
+    model: str
+    weights: str
+    size_fp32_mb: float
+    size_mb: float
+    metric_name: str
+    metric: float
+    metric_fp32: float
+    time_unit: str
+    seconds: float
+    seconds_fp32: float
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters (tied ones counted once) stored in fp32."""
+    return sum(p.numel() * 4 for p in model.parameters())
+
+
+def quantized_copy(
+    model: nn.Module,
+    weights: str,
+    exclude: str | list[str] | None = None,
+    group_size: int | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """A deep copy of `model` with quantized, frozen weights; `model` itself is left as is.
+
+    Each Linear / Conv2d is frozen on its own, so the progress bar moves while a large model
+    is being quantized.
+    """
+    layer_names = [
+        name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    qmodel = copy.deepcopy(model)
+    require("tqdm")
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=len(layer_names) + 1, desc=f"quantize {weights}", leave=False, disable=not progress
+    ) as bar:
+        quantize(qmodel, weights=weights, exclude=exclude, group_size=group_size)
+        bar.update()
+        for name in layer_names:
+            freeze(qmodel.get_submodule(name))
+            bar.update()
+    return qmodel.eval()
+
+
+def _timed(function: Callable[[], object], warmup: Callable[[], object]) -> tuple[object, float]:
+    """`function()` and its wall time, after an untimed `warmup()` (first calls build kernels)."""
+    warmup()
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def smollm2_under_test(settings: DemoSettings) -> ModelUnderTest:
+    """SmolLM2-135M scored by perplexity on the first `settings.tokens` Lee corpus tokens."""
+    model, tokenizer = models.load_smollm2(settings.cache)
+    token_ids = metrics.lm_token_ids(tokenizer, data.lee_text(), settings.tokens)
+
+    def score(candidate: nn.Module) -> tuple[float, float]:
+        value, seconds = _timed(
+            lambda: metrics.perplexity(candidate, token_ids, tokenizer.bos_token_id),
+            lambda: metrics.perplexity(candidate, token_ids[:64], tokenizer.bos_token_id),
+        )
+        return value, seconds / token_ids.numel()
+
+    return ModelUnderTest("SmolLM2-135M", model, "perplexity", "token", score, exclude="lm_head")
+
+
+def minilm_under_test(settings: DemoSettings) -> ModelUnderTest:
+    """all-MiniLM-L6-v2 scored by mean cosine to its fp32 embeddings of Lee corpus sentences."""
+    model, tokenizer = models.load_minilm()
+    sentences = data.lee_sentences(settings.sentences)
+    batches = -(-len(sentences) // SENTENCE_BATCH)
+    reference = metrics.sentence_embeddings(model, tokenizer, sentences, SENTENCE_BATCH)
+
+    def score(candidate: nn.Module) -> tuple[float, float]:
+        embeddings, seconds = _timed(
+            lambda: metrics.sentence_embeddings(candidate, tokenizer, sentences, SENTENCE_BATCH),
+            lambda: metrics.sentence_embeddings(candidate, tokenizer, sentences[:SENTENCE_BATCH]),
+        )
+        return metrics.mean_cosine(reference, embeddings), seconds / batches
+
+    return ModelUnderTest("all-MiniLM-L6-v2", model, "cosine", f"batch of {SENTENCE_BATCH}", score)
+
+
+def mobilenet_under_test(settings: DemoSettings) -> ModelUnderTest:
+    """MobileNetV2 scored by top-1 agreement with fp32 on crops and flips of real photos."""
+    model = models.load_mobilenet_v2()
+    images = data.photo_batch(settings.images)
+    batches = -(-len(images) // IMAGE_BATCH)
+    reference = metrics.classify(model, images, IMAGE_BATCH)
+
+    def score(candidate: nn.Module) -> tuple[float, float]:
+        logits, seconds = _timed(
+            lambda: metrics.classify(candidate, images, IMAGE_BATCH),
+            lambda: metrics.classify(candidate, images[:IMAGE_BATCH]),
+        )
+        return metrics.top1_agreement(reference, logits), seconds / batches
+
+    return ModelUnderTest("MobileNetV2", model, "top-1 agree", f"batch of {IMAGE_BATCH}", score)
+
+
+MODELS_UNDER_TEST: dict[str, Callable[[DemoSettings], ModelUnderTest]] = {
+    "smollm2": smollm2_under_test,
+    "minilm": minilm_under_test,
+    "mobilenet": mobilenet_under_test,
+}
+
+
+def run_demo(settings: DemoSettings, progress: bool = True) -> list[DemoRow]:
+    """Score every requested model in fp32 and at every requested weight type."""
+    rows = []
+    for name in settings.models:
+        under_test = MODELS_UNDER_TEST[name](settings)
+        fp32_metric, fp32_seconds = under_test.score(under_test.model)
+        size_fp32 = model_bytes(under_test.model)
+        rows.append(
+            DemoRow(
+                under_test.title, "fp32", size_fp32 / MB, size_fp32 / MB,
+                under_test.metric_name, fp32_metric, fp32_metric,
+                under_test.time_unit, fp32_seconds, fp32_seconds,
+            )
+        )  # fmt: skip
+        for weights in settings.weights:
+            qmodel = quantized_copy(
+                under_test.model, weights, under_test.exclude, settings.group_size, progress
+            )
+            quantized_bytes, float_bytes = weight_memory(qmodel)
+            metric, seconds = under_test.score(qmodel)
+            del qmodel
+            rows.append(
+                DemoRow(
+                    under_test.title, weights, size_fp32 / MB,
+                    (size_fp32 - float_bytes + quantized_bytes) / MB,
+                    under_test.metric_name, metric, fp32_metric,
+                    under_test.time_unit, seconds, fp32_seconds,
+                )
+            )  # fmt: skip
+    return rows
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def format_table(rows: Sequence[DemoRow]) -> str:
+    """The demo table: size, accuracy against fp32 and speed against fp32, one row per run."""
+    header = (
+        "model", "weights", "MB fp32", "MB quant", "size", "metric", "value", "vs fp32",
+        "time", "per", "vs fp32",
+    )  # fmt: skip
+    lines = []
+    for row in rows:
+        if row.metric_name == "perplexity":
+            ratio = row.metric / row.metric_fp32
+            versus = f"{100 * (ratio - 1):+.2f}%" if ratio < 2 else f"{ratio:.3g}x"
+            value = f"{row.metric:.2f}" if row.metric < 1e5 else f"{row.metric:.3g}"
+        else:
+            versus = f"{row.metric - row.metric_fp32:+.4f}"
+            value = f"{row.metric:.4f}"
+        lines.append(
+            (
+                row.model, row.weights, f"{row.size_fp32_mb:.1f}", f"{row.size_mb:.1f}",
+                f"{row.size_mb / row.size_fp32_mb:.3f}x", row.metric_name, value,
+                versus, _format_seconds(row.seconds), row.time_unit,
+                f"{row.seconds / row.seconds_fp32:.2f}x",
+            )
+        )  # fmt: skip
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    left = {0, 1, 5, 9}  # text columns; numbers align right
+
+    def render(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "-" * len(render(header))
+    return "\n".join([render(header), rule, *(render(line) for line in lines)])
+
+
+def main(settings: DemoSettings) -> str:
+    """Run the demo, print its table and the wall time, and return the table."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    table = format_table(run_demo(settings))
+    print(table)
+    wall = time.perf_counter() - start
+    print(f"\nquanta demo: {wall:.1f} s wall on {torch.get_num_threads()} threads")
+    print("MB: all parameters in fp32, and with the quantized weights' codes, scales, zero points")
+    return table

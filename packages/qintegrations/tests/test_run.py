@@ -1,0 +1,40 @@
+"""The demo's quantize-a-copy step and its table, on tiny synthetic models."""
+
+import torch
+from torch import nn
+
+from quanta.qintegrations.demo import run
+from quanta.qmodules import weight_memory
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 128), nn.Linear(128, 4)
+    )
+
+
+def test_quantized_copy_leaves_the_fp32_model_untouched():
+    model = _model()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    qmodel = run.quantized_copy(model, "int4", exclude="3", progress=False)
+    assert qmodel is not model
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert type(model[2]) is nn.Linear
+    assert type(qmodel[3]) is nn.Linear  # excluded
+    quantized_bytes, float_bytes = weight_memory(qmodel)
+    assert float_bytes == 4 * (8 * 3 * 3 * 3 + 8 * 6 * 6 * 128)
+    assert quantized_bytes < float_bytes / 4
+
+
+def test_table_has_one_line_per_row_and_relative_columns():
+    rows = [
+        run.DemoRow("LM", "fp32", 100.0, 100.0, "perplexity", 20.0, 20.0, "token", 0.002, 0.002),
+        run.DemoRow("LM", "int8", 100.0, 26.0, "perplexity", 20.1, 20.0, "token", 0.003, 0.002),
+        run.DemoRow("CNN", "int4", 10.0, 1.5, "top-1 agree", 0.75, 1.0, "batch", 0.5, 0.25),
+    ]
+    lines = run.format_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert lines[0].split()[:2] == ["model", "weights"]
+    assert "+0.50%" in lines[3] and "0.260x" in lines[3] and "1.50x" in lines[3]
+    assert "-0.2500" in lines[4] and "2.00x" in lines[4]
