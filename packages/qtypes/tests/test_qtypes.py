@@ -12,6 +12,7 @@ from quanta.qtypes import (
     qint4,
     qint8,
     qtype_names,
+    symmetric_scale,
     to_qtype,
 )
 
@@ -115,3 +116,26 @@ def test_scale_helpers_refuse_the_wrong_qtype_family():
         minmax_affine_params(torch.ones(2, 2), qint8, 2)
     with pytest.raises(ValueError, match="groups of 3"):
         minmax_affine_params(torch.ones(2, 4), qint4, 3)
+
+
+def _rounding_error(x, scale, qtype):
+    codes = (x / scale).clamp(qtype.qmin, qtype.qmax)
+    codes = codes.round() if not qtype.is_floating_point else codes.to(qtype.dtype).float()
+    return ((codes * scale - x) ** 2).sum(dim=1)
+
+
+@pytest.mark.parametrize("qtype", [qfloat8_e4m3fn, qfloat8_e5m2])
+def test_float8_symmetric_scale_never_loses_to_absmax_and_never_clips(qtype):
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(2))
+    x[5] = 0
+    best, plain = symmetric_scale(x, qtype), absmax_scale(x, qtype)
+    assert best.shape == plain.shape == (64, 1)
+    assert (best >= plain).all() and (best < 2 * plain).all()  # absmax fits: no clipping
+    assert (_rounding_error(x, best, qtype) <= _rounding_error(x, plain, qtype)).all()
+    assert _rounding_error(x, best, qtype).sum() < 0.95 * _rounding_error(x, plain, qtype).sum()
+    assert best[5].item() == 1.0
+
+
+def test_int8_symmetric_scale_is_the_absmax_scale():
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(symmetric_scale(x, qint8), absmax_scale(x, qint8))

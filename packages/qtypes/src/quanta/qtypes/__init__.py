@@ -12,7 +12,7 @@ from quanta.qtypes.qtype import (
     qtype_names,
     to_qtype,
 )
-from quanta.qtypes.scales import absmax_scale, minmax_affine_params
+from quanta.qtypes.scales import absmax_scale, minmax_affine_params, symmetric_scale
 
 __version__ = "0.1.0"
 
@@ -28,5 +28,6 @@ __all__ = [
     "qint4",
     "qint8",
     "qtype_names",
+    "symmetric_scale",
     "to_qtype",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from quanta.qmodules.tensors.base import QTensor, dequantized_call, linear_arguments
-from quanta.qtypes import QType, absmax_scale
+from quanta.qtypes import QType, symmetric_scale
 
 
 class QBytesTensor(QTensor):
@@ -32,9 +32,9 @@ class QBytesTensor(QTensor):
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, qtype: QType) -> QBytesTensor:
-        """Quantize a float tensor [out, ...] with one absmax scale per output channel."""
+        """Quantize a float tensor [out, ...] with one symmetric scale per output channel."""
         rows = weight.reshape(weight.shape[0], -1)
-        scale = absmax_scale(rows, qtype, axis=0)
+        scale = symmetric_scale(rows, qtype, axis=0)
         codes = torch.ops.quanta.quantize_symmetric(rows, scale, qtype.dtype)
         return cls(codes, scale, qtype, weight.shape)
 
