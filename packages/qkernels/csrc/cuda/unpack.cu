@@ -2,18 +2,15 @@
 #include <dlfcn.h>
 
 #include <cstdint>
-#include <vector>
 
 #include <cuda_runtime.h>
 
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
 #include "qkernels/unpack.h"
+#include "unpack_binding.h"
 
 namespace quanta::qkernels {
 
@@ -74,7 +71,6 @@ int launch_unpack_cuda(
 
 namespace {
 
-using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 // torch's current CUDA stream. The C shim function lives in libtorch_cuda, which the CPU torch
@@ -96,39 +92,18 @@ void* current_cuda_stream(int32_t device_index) {
 }
 
 Tensor unpack_cuda(const Tensor& packed, int64_t bits, int64_t size) {
-  STD_TORCH_CHECK(bits == 2 || bits == 4, "quanta::unpack: bits must be one of (2, 4), got ", bits);
-  STD_TORCH_CHECK(size >= 0, "quanta::unpack: size must be >= 0, got ", size);
-  STD_TORCH_CHECK(
-      packed.scalar_type() == ScalarType::Byte,
-      "quanta::unpack: packed must have dtype in (uint8), got ",
-      torch::headeronly::toString(packed.scalar_type()));
-  STD_TORCH_CHECK(
-      packed.dim() >= 1, "quanta::unpack: packed must have at least one dimension, got a scalar");
-  STD_TORCH_CHECK(
-      packed.is_cuda(), "quanta::unpack: the CUDA kernel got a tensor on another device");
-  const int64_t width = quanta::qkernels::packed_width(size, bits);
-  const int64_t last = packed.size(packed.dim() - 1);
-  STD_TORCH_CHECK(
-      last == width,
-      "quanta::unpack: packed has ", last, " bytes in its last dimension, but ", size,
-      " codes of ", bits, " bits need ceil(size * bits / 8) = ", width);
-
   const torch::stable::accelerator::DeviceGuard guard(packed.get_device_index());
-  const Tensor src = packed.is_contiguous() ? packed : torch::stable::contiguous(packed);
-  std::vector<int64_t> out_sizes(src.sizes().begin(), src.sizes().end());
-  out_sizes.back() = size;
-  Tensor out = torch::stable::new_empty(src, out_sizes);
-  const int64_t rows = width == 0 ? 0 : src.numel() / width;
-  if (rows == 0 || size == 0) {
-    return out;
+  const auto call = quanta::qkernels::prepare_unpack(packed, bits, size, packed.is_cuda(), "CUDA");
+  if (call.rows == 0) {
+    return call.codes;
   }
   const int error = quanta::qkernels::launch_unpack_cuda(
-      src.const_data_ptr<uint8_t>(), out.mutable_data_ptr<uint8_t>(), rows, size,
-      static_cast<int>(bits), current_cuda_stream(packed.get_device_index()));
+      call.packed.const_data_ptr<uint8_t>(), call.codes.mutable_data_ptr<uint8_t>(), call.rows,
+      size, static_cast<int>(bits), current_cuda_stream(packed.get_device_index()));
   STD_TORCH_CHECK(
       error == cudaSuccess, "quanta::unpack: CUDA launch failed: ",
       cudaGetErrorString(static_cast<cudaError_t>(error)));
-  return out;
+  return call.codes;
 }
 
 }  // namespace
