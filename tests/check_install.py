@@ -10,6 +10,7 @@ for layer in ("qtypes", "qkernels", "qmodules", "qcalib", "qio", "qintegrations"
 
 from quanta import freeze, qint4, quantize  # noqa: E402
 
+torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
 x = torch.randn(4, 64)
 expected = model(x)
