@@ -15,6 +15,7 @@ import torch
 LEE_TOKENS = 8192  # issue #2 acceptance: perplexity on 8,192 Lee tokens in 512-token windows
 MINILM_SENTENCES = 512  # as in design/REAL_MODELS.md's quantization sanity check
 MOBILENET_IMAGES = 128  # crops and flips of the skimage photos, as in the demo
+CALIBRATION_WINDOWS = 4  # Lee windows after the evaluated tokens, for activation calibration
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,18 @@ def lee_token_ids(smollm2) -> torch.Tensor:
 
     _, tokenizer = smollm2
     return metrics.lm_token_ids(tokenizer, data.lee_text(), LEE_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def lee_calibration_batches(smollm2) -> list[torch.Tensor]:
+    """BOS + 512-token windows of Lee text that follow the evaluated first LEE_TOKENS tokens."""
+    from quanta.qintegrations.demo import data, metrics
+
+    _, tokenizer = smollm2
+    ids = metrics.lm_token_ids(tokenizer, data.lee_text(), LEE_TOKENS + 512 * CALIBRATION_WINDOWS)
+    bos = torch.tensor([tokenizer.bos_token_id], dtype=ids.dtype)
+    windows = ids[LEE_TOKENS:].split(512)
+    return [torch.cat([bos, window])[None] for window in windows]
 
 
 @pytest.fixture(scope="session")

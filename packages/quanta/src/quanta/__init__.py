@@ -27,10 +27,12 @@ _EXPORTS = {
     "QConv2d": "quanta.qmodules",
     "QTensor": "quanta.qmodules",
     "weight_memory": "quanta.qmodules",
+    "Calibration": "quanta.qcalib",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from quanta.qcalib import Calibration
     from quanta.qmodules import QConv2d, QLinear, QTensor, freeze, quantize, weight_memory
     from quanta.qtypes import (
         QType,

@@ -12,7 +12,8 @@ def freeze(model: nn.Module) -> nn.Module:
     """Replace the float weights of `model`'s quantized modules with stored QTensors.
 
     Accepts any module (a whole model or a single quantized module) and returns it. Every
-    weight is checked for NaN/Inf before any module is changed.
+    weight is checked for NaN/Inf, and every module's weight optimizer for readiness (GPTQ
+    needs its statistics), before any module is changed; the optimizers act here.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -31,6 +32,8 @@ def freeze(model: nn.Module) -> nn.Module:
                 f"the weight of module {name or type(module).__name__!r} holds NaN or Inf; "
                 "it cannot be quantized"
             )
+        if module.weight_optimizer is not None:
+            module.weight_optimizer.check_ready(module, name or type(module).__name__)
     for _, module in pending:
         module.freeze_weight()
     return model

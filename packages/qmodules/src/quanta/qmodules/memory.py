@@ -42,4 +42,6 @@ def _planned_bytes(module: QModuleMixin, rows: int, scale_bytes: int) -> int:
     if not qtype.is_packed:
         return rows * in_size * qtype.dtype.itemsize + rows * scale_bytes
     groups = in_size // module.weight_group_size
-    return rows * (math.ceil(in_size * qtype.bits / 8) + groups * (scale_bytes + 1))
+    optimizer = module.weight_optimizer
+    zero_point_bytes = scale_bytes if optimizer is not None and optimizer.float_zero_point else 1
+    return rows * (math.ceil(in_size * qtype.bits / 8) + groups * (scale_bytes + zero_point_bytes))

@@ -9,10 +9,16 @@ from typing import Any
 
 from torch import nn
 
+from quanta.qmodules.modules.activations import (
+    ACTIVATION_MODES,
+    quantize_module_activations,
+    quantizes_weight,
+)
 from quanta.qmodules.modules.base import QModuleMixin, quantize_module, quantized_base_for
+from quanta.qmodules.optimizers import WeightOptimizer, check_supports, to_weight_optimizer
 from quanta.qtypes import QType, qint8, to_qtype
 
-OVERRIDE_KEYS = ("weights", "group_size")
+OVERRIDE_KEYS = ("weights", "group_size", "optimizer")
 DEFAULT_GROUP_SIZES = (128, 64, 32)
 
 
@@ -20,6 +26,7 @@ DEFAULT_GROUP_SIZES = (128, 64, 32)
 class _ModuleConfig:
     weights: QType | None
     group_size: int | None
+    optimizer: WeightOptimizer | None = None
 
 
 def quantize(
@@ -30,6 +37,8 @@ def quantize(
     exclude: str | Sequence[str] | None = None,
     group_size: int | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    optimizer: WeightOptimizer | str | None = None,
+    activations_mode: str = "static",
 ) -> nn.Module:
     """Quantize the weights of `model`'s Linear and Conv2d modules in place; returns `model`.
 
@@ -37,18 +46,29 @@ def quantize(
     `overrides` maps a pattern to {"weights": ..., "group_size": ...} merged over the defaults
     in dict order (weights=None leaves the module float). `group_size` applies to 2/4-bit
     weights; the default is 128, 64 or 32, whichever divides K first, else one group per row.
-    Every argument is validated before the model is touched.
+    `optimizer` (a WeightOptimizer or a name: "absmax", "minmax", "hqq", "gptq"; None is the
+    default rule) chooses the stored weights at freeze; one that does not support a module's
+    qtype is a ValueError. Every argument is validated before the model is touched.
+
+    `activations` (an 8-bit qtype: qint8, qfloat8_e4m3fn, qfloat8_e5m2) also quantizes the inputs
+    and outputs of the quantized modules and the outputs of LayerNorms (QLayerNorm).
+    `activations_mode="static"` uses per-tensor scales held in the buffers `input_scale` /
+    `output_scale` (1.0 until `quanta.qcalib.Calibration` sets them); `"dynamic"` computes one
+    scale per token at every call (no calibration, outputs stay float).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     weights = None if weights is None else to_qtype(weights, "weights")
     activation_qtype = _check_activations(activations)
+    activations_mode = _check_activations_mode(activations_mode)
     include = _check_patterns(include, "include")
     exclude = _check_patterns(exclude, "exclude")
     group_size = _check_group_size(group_size, "group_size")
     overrides = _check_overrides(overrides)
+    optimizer = to_weight_optimizer(optimizer)
 
     plan = []
+    activation_only = []
     for name, module in model.named_modules():
         if isinstance(module, QModuleMixin) or quantized_base_for(type(module)) is None:
             continue
@@ -56,21 +76,31 @@ def quantize(
             continue
         if exclude is not None and _matches(name, exclude):
             continue
-        config = _ModuleConfig(weights, group_size)
+        if not quantizes_weight(quantized_base_for(type(module))):
+            if activation_qtype is not None:  # QLayerNorm: only its output is quantized
+                activation_only.append((name, module))
+            continue
+        config = _ModuleConfig(weights, group_size, optimizer)
         for pattern, override in overrides.items():
             if fnmatchcase(name, pattern):
                 config = _ModuleConfig(
                     override.get("weights", config.weights),
                     override.get("group_size", config.group_size),
+                    override.get("optimizer", config.optimizer),
                 )
         if config.weights is None:
             continue
-        plan.append((module, config.weights, _module_group_size(name, module, config)))
+        check_supports(config.optimizer, config.weights, name or type(module).__name__)
+        plan.append(
+            (module, config.weights, _module_group_size(name, module, config), config.optimizer)
+        )
 
+    for module, qtype, module_group_size, module_optimizer in plan:
+        quantize_module(module, qtype, module_group_size, module_optimizer)
     if activation_qtype is not None:
-        raise NotImplementedError("activation quantization arrives with quanta.qcalib")
-    for module, qtype, module_group_size in plan:
-        quantize_module(module, qtype, module_group_size)
+        names = {module: name for name, module in model.named_modules()}
+        for module in [entry[0] for entry in plan] + [module for _, module in activation_only]:
+            quantize_module_activations(module, activation_qtype, activations_mode, names[module])
     return model
 
 
@@ -83,6 +113,12 @@ def _check_activations(activations: Any) -> QType | None:
             f"activations must be None or an 8-bit qtype (qint8, qfloat8...), got {qtype}"
         )
     return qtype
+
+
+def _check_activations_mode(mode: Any) -> str:
+    if not isinstance(mode, str) or mode not in ACTIVATION_MODES:
+        raise ValueError(f"activations_mode must be one of {list(ACTIVATION_MODES)}, got {mode!r}")
+    return mode
 
 
 def _check_patterns(patterns: Any, argument: str) -> tuple[str, ...] | None:
@@ -138,6 +174,8 @@ def _check_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
             entry["group_size"] = _check_group_size(
                 override["group_size"], f"{where}['group_size']"
             )
+        if "optimizer" in override:
+            entry["optimizer"] = to_weight_optimizer(override["optimizer"], f"{where}['optimizer']")
         checked[pattern] = entry
     return checked
 

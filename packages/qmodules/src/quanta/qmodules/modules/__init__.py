@@ -1,7 +1,23 @@
 """Quantized modules: the float module classes with a quantized `weight`."""
 
+from quanta.qmodules.modules.activations import (
+    QActivationMixin,
+    QLayerNorm,
+    observe_activations,
+    quantize_module_activations,
+)
 from quanta.qmodules.modules.base import QModuleMixin, quantize_module, quantized_class_for
 from quanta.qmodules.modules.conv2d import QConv2d
 from quanta.qmodules.modules.linear import QLinear
 
-__all__ = ["QConv2d", "QLinear", "QModuleMixin", "quantize_module", "quantized_class_for"]
+__all__ = [
+    "QActivationMixin",
+    "QConv2d",
+    "QLayerNorm",
+    "QLinear",
+    "QModuleMixin",
+    "observe_activations",
+    "quantize_module",
+    "quantize_module_activations",
+    "quantized_class_for",
+]

@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from quanta.qmodules.optimizers import WeightOptimizer, optimized_weight
 from quanta.qmodules.tensors import QBitsTensor, QBytesTensor, QTensor
+from quanta.qmodules.tensors.straight_through import straight_through_quantize
 from quanta.qtypes import QType
 
 WEIGHT = "weight"
@@ -31,12 +33,15 @@ class QModuleMixin:
     """Mixin placed before a float module class: `self.weight` becomes the quantized weight.
 
     Before `freeze()` the weight is quantized on the fly from the float parameter at every
-    access; after it, the stored QTensor (the float weight is gone) is returned.
+    access, with straight-through gradients to the float parameter when autograd is on (QAT);
+    after it, the stored QTensor (the float weight is gone) is returned.
     """
 
     float_class: ClassVar[type[nn.Module]]
     weight_qtype: QType | None = None
     weight_group_size: int | None = None
+    # chooses the stored weight at freeze; None: the default rule of on-the-fly quantization
+    weight_optimizer: WeightOptimizer | None = None
     activation_qtype: QType | None = None
 
     @property
@@ -50,10 +55,14 @@ class QModuleMixin:
         if weight is None or self.weight_qtype is None or isinstance(weight, QTensor):
             return weight
         try:
-            return quantize_weight(weight.detach(), self.weight_qtype, self.weight_group_size)
+            # straight-through when autograd wants a gradient: it reaches the float weight
+            return straight_through_quantize(weight, self._quantize_float_weight)
         except AttributeError as error:
             # an AttributeError escaping a property would silently fall back to the float weight
             raise RuntimeError(f"quantizing the weight failed: {error}") from error
+
+    def _quantize_float_weight(self, weight: torch.Tensor) -> QTensor:
+        return quantize_weight(weight, self.weight_qtype, self.weight_group_size)
 
     @property
     def float_weight(self) -> torch.Tensor | None:
@@ -76,7 +85,16 @@ class QModuleMixin:
         """Replace the float weight with its stored quantized tensor (idempotent)."""
         if self.is_frozen or self.weight_qtype is None:
             return
-        quantized = self.weight
+        if self.weight_optimizer is None:
+            quantized = self.weight
+        else:
+            quantized = optimized_weight(
+                self._parameters[WEIGHT].detach(),
+                self.weight_qtype,
+                self.weight_group_size,
+                self.weight_optimizer,
+                self,
+            )
         self._parameters[WEIGHT] = nn.Parameter(quantized, requires_grad=False)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
@@ -148,7 +166,7 @@ class QModuleMixin:
             expected = {
                 "codes": ((out, math.ceil(size * qtype.bits / 8)), torch.uint8),
                 "scale": ((out, groups), None),
-                "zero_point": ((out, groups), torch.uint8),
+                "zero_point": ((out, groups), None),  # uint8, or float (HQQ)
             }
         else:
             expected = {"codes": ((out, size), qtype.dtype), "scale": ((out, 1), None)}
@@ -158,8 +176,11 @@ class QModuleMixin:
                 return f"{name} has shape {tuple(tensor.shape)}, expected {shape} for {qtype}"
             if dtype is not None and tensor.dtype != dtype:
                 return f"{name} has dtype {tensor.dtype}, expected {dtype} for {qtype}"
+            if name == "zero_point" and tensor.dtype == torch.uint8:
+                continue
             if dtype is None and not tensor.dtype.is_floating_point:
-                return f"{name} has dtype {tensor.dtype}, expected a float dtype"
+                wanted = "uint8 or a float dtype" if name == "zero_point" else "a float dtype"
+                return f"{name} has dtype {tensor.dtype}, expected {wanted}"
         return None
 
     def __reduce_ex__(self, protocol: int) -> tuple:
@@ -170,6 +191,8 @@ class QModuleMixin:
         settings = f"weights={self.weight_qtype}"
         if self.weight_group_size is not None:
             settings += f", group_size={self.weight_group_size}"
+        if self.weight_optimizer is not None:
+            settings += f", optimizer={self.weight_optimizer.name or repr(self.weight_optimizer)}"
         return f"{super().extra_repr()}, {settings}"
 
 
@@ -228,9 +251,16 @@ def _new_quantized_module(float_class: type[nn.Module]) -> QModuleMixin:
     return quantized_class.__new__(quantized_class)
 
 
-def quantize_module(module: nn.Module, qtype: QType, group_size: int | None) -> QModuleMixin:
-    """Turn a float module into its quantized class in place (weights quantized on the fly)."""
+def quantize_module(
+    module: nn.Module,
+    qtype: QType,
+    group_size: int | None,
+    optimizer: WeightOptimizer | None = None,
+) -> QModuleMixin:
+    """Turn a float module into its quantized class in place (weights quantized on the fly;
+    `optimizer`, if any, chooses the stored weight at freeze)."""
     module.__class__ = quantized_class_for(type(module))
     module.weight_qtype = qtype
     module.weight_group_size = group_size if qtype.is_packed else None
+    module.weight_optimizer = optimizer
     return module

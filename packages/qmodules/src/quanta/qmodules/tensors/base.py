@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_map_only
 
 import quanta.qkernels  # noqa: F401  (registers torch.ops.quanta.*)
+from quanta.qmodules.tensors.straight_through import needs_weight_grad
 
 aten = torch.ops.aten
 
@@ -199,4 +200,10 @@ def _to_copy(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
 @QTensor.implements(F.conv2d)
 def _conv2d(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     """Convolution runs on the dequantized weight (no quantized conv kernel yet)."""
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    if needs_weight_grad(weight):
+        # QAT: let autograd record aten.convolution on the QTensor; its weight gradient then
+        # reaches the float weight (straight through), and __torch_dispatch__ dequantizes
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
     return dequantized_call(func, args, kwargs)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from quanta.qmodules.tensors.base import QTensor, dequantized_call, linear_arguments
+from quanta.qmodules.tensors.straight_through import needs_weight_grad, straight_through_linear
 from quanta.qtypes import QType, minmax_affine_params
 
 
@@ -75,6 +76,8 @@ class QBitsTensor(QTensor):
 @QBitsTensor.implements(F.linear)
 def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     input, weight, bias = linear_arguments(*args, **kwargs)
+    if needs_weight_grad(weight):  # QAT before freeze: gradients reach the float weight
+        return straight_through_linear(input, weight, bias)
     if not isinstance(weight, QBitsTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
     return torch.ops.quanta.linear_affine(

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from quanta.qmodules.tensors.base import QTensor, dequantized_call, linear_arguments
+from quanta.qmodules.tensors.straight_through import needs_weight_grad, straight_through_linear
 from quanta.qtypes import QType, symmetric_scale
 
 
@@ -47,6 +48,8 @@ class QBytesTensor(QTensor):
 @QBytesTensor.implements(F.linear)
 def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     input, weight, bias = linear_arguments(*args, **kwargs)
+    if needs_weight_grad(weight):  # QAT before freeze: gradients reach the float weight
+        return straight_through_linear(input, weight, bias)
     if not isinstance(weight, QBytesTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
     return torch.ops.quanta.linear_symmetric(input, weight.codes, weight.scale, bias)

@@ -1,0 +1,192 @@
+"""QActivationTensor: an 8-bit activation (int8 or float8) with a symmetric scale.
+
+Static activations carry one scale for the whole tensor (a 0-d scale); dynamic ones one scale
+per token (a scale [..., 1] over the last dimension). Ops that are exact on the codes (views,
+relu, cat of equal scales) keep a per-tensor activation quantized; softmax returns probabilities
+quantized with scale 1/qmax; matmul/bmm of two quantized activations multiplies the codes and
+scales once; anything else runs on the dequantized tensor (the QTensor fallback).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
+
+from quanta.qmodules.tensors.base import QTensor, dequantized_call
+from quanta.qtypes import QType
+
+aten = torch.ops.aten
+
+# Ops that only rearrange elements: applied to the codes, the per-tensor scale is kept.
+_LAYOUT_OPS = (
+    aten.transpose.int,
+    aten.permute.default,
+    aten.t.default,
+    aten.unsqueeze.default,
+    aten.squeeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.expand.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.unbind.int,
+    aten.split.Tensor,
+    aten.split_with_sizes.default,
+    aten.chunk.default,
+)
+# Views of the outer tensor: its strides are contiguous while the codes' may not be (after a
+# transpose), so these reshape the codes, copying only where a view is impossible.
+_VIEW_OPS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+
+
+class QActivationTensor(QTensor):
+    """8-bit activation codes of any shape and a scale that broadcasts against them.
+
+    The logical tensor is `codes * scale` in the scale's float dtype. A 0-d scale (static,
+    calibrated) keeps the tensor quantized through layout ops; a per-token scale [..., 1]
+    (dynamic) is meant for the next linear only, and any other op dequantizes it.
+    """
+
+    inner_names = ("codes", "scale")
+    attribute_names = ("qtype",)
+
+    @staticmethod
+    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
+        return cls._make_wrapper(shape, scale, codes)
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
+        self.codes = codes
+        self.scale = scale
+        self.qtype = qtype
+
+    @classmethod
+    def quantize(cls, x: torch.Tensor, scale: torch.Tensor, qtype: QType) -> QActivationTensor:
+        """Quantize a float tensor with `scale` (0-d or broadcasting), kept in x's dtype."""
+        scale = scale.to(x.dtype)
+        codes = torch.ops.quanta.quantize_symmetric(x, scale, qtype.dtype)
+        return cls(codes, scale, qtype, x.shape)
+
+    @classmethod
+    def quantize_per_token(cls, x: torch.Tensor, qtype: QType) -> QActivationTensor:
+        """Quantize with one scale per row of the last dimension, max|row| / qmax (dynamic)."""
+        absmax = x.detach().abs().amax(dim=-1, keepdim=True).float()
+        tiny = torch.finfo(x.dtype).tiny
+        scale = torch.where(absmax > 0, absmax / qtype.qmax, 1.0).clamp(min=tiny)
+        return cls.quantize(x, scale, qtype)
+
+    @property
+    def is_per_tensor(self) -> bool:
+        """True when one scale covers the whole tensor (static activations)."""
+        return self.scale.numel() == 1
+
+    def dequantize(self) -> torch.Tensor:
+        """codes * scale in the float dtype and the logical shape."""
+        return torch.ops.quanta.dequantize_symmetric(self.codes, self.scale, self.dtype)
+
+    def with_codes(self, codes: torch.Tensor) -> QActivationTensor:
+        """The same scale and qtype over other codes (a rearrangement of these)."""
+        return QActivationTensor(codes, self.scale, self.qtype, codes.shape)
+
+
+def _per_tensor(value: Any) -> bool:
+    return isinstance(value, QActivationTensor) and value.is_per_tensor
+
+
+@QActivationTensor.implements(*_LAYOUT_OPS)
+def _layout(func: Any, args: tuple, kwargs: dict) -> Any:
+    self = args[0]
+    if not self.is_per_tensor:
+        return dequantized_call(func, args, kwargs)
+    codes = func(self.codes, *args[1:], **kwargs)
+    if isinstance(codes, (list, tuple)):
+        return type(codes)(self.with_codes(c) for c in codes)
+    return self.with_codes(codes)
+
+
+@QActivationTensor.implements(*_VIEW_OPS)
+def _view(func: Any, args: tuple, kwargs: dict) -> Any:
+    self = args[0]
+    if not self.is_per_tensor:
+        return dequantized_call(func, args, kwargs)
+    return self.with_codes(self.codes.reshape(*args[1:], **kwargs))
+
+
+@QActivationTensor.implements(aten.clone.default)
+def _clone(func: Any, args: tuple, kwargs: dict) -> QActivationTensor:
+    self = args[0]
+    kwargs = {k: v for k, v in kwargs.items() if k != "memory_format"}
+    return QActivationTensor(func(self.codes, **kwargs), self.scale, self.qtype, self.shape)
+
+
+def _same_scale(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether two 0-d scales are equal; under tracing (fake values) only the same tensor is."""
+    if first is second:
+        return True
+    if is_fake(first) or is_fake(second) or torch.compiler.is_compiling():
+        return False
+    return bool(torch.equal(first, second))
+
+
+@QActivationTensor.implements(aten.cat.default)
+def _cat(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    tensors = args[0]
+    first = tensors[0]
+    if all(
+        _per_tensor(t) and t.qtype == first.qtype and _same_scale(t.scale, first.scale)
+        for t in tensors
+    ):
+        codes = func([t.codes for t in tensors], *args[1:], **kwargs)
+        return first.with_codes(codes)
+    return dequantized_call(func, args, kwargs)
+
+
+def _relu_codes(codes: torch.Tensor) -> torch.Tensor:
+    # the sign is the top bit of int8 and of both float8 formats: clear negative codes
+    bits = codes.view(torch.int8)
+    return torch.where(bits < 0, torch.zeros_like(bits), bits).view(codes.dtype)
+
+
+@QActivationTensor.implements(aten.relu.default)
+def _relu(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """relu is exact on symmetric codes: negative codes become zero, the scale is kept."""
+    self = args[0]
+    return QActivationTensor(_relu_codes(self.codes), self.scale, self.qtype, self.shape)
+
+
+@QActivationTensor.implements(aten.relu_.default)
+def _relu_(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """In-place relu (nn.ReLU(inplace=True)) clears the negative codes in place."""
+    self = args[0]
+    self.codes.copy_(_relu_codes(self.codes))
+    return self
+
+
+@QActivationTensor.implements(aten._softmax.default)
+def _softmax(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Softmax of the dequantized input; the probabilities come back quantized at 1/qmax."""
+    self, dim, half_to_float = args[0], args[1], args[2]
+    probabilities = func(self.dequantize(), dim, half_to_float)
+    scale = torch.full((), 1.0 / self.qtype.qmax, dtype=probabilities.dtype, device=self.device)
+    return QActivationTensor.quantize(probabilities, scale, self.qtype)
+
+
+@QActivationTensor.implements(aten.bmm.default, aten.mm.default)
+def _matmul(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Two per-tensor quantized operands: one product of the codes, scaled once (in fp32)."""
+    left, right = args[0], args[1]
+    if not (_per_tensor(left) and _per_tensor(right)):
+        return dequantized_call(func, args, kwargs)
+    # int8 products summed in fp32 are exact up to K = 2**24 / 127**2 (1040) terms
+    product = func(left.codes.float(), right.codes.float())
+    scale = left.scale.float() * right.scale.float()
+    return (product * scale).to(torch.promote_types(left.dtype, right.dtype))
+
+
+@QActivationTensor.implements(F.linear, F.conv2d)
+def _quantized_input(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """A quantized module input: dequantized, then the weight's own handler runs (its kernel)."""
+    input, *rest = args
+    return func(input.dequantize(), *rest, **kwargs)

@@ -1,0 +1,222 @@
+"""Quantization-aware training: straight-through gradients before freeze, and their cost."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from quanta.qmodules import freeze, quantize
+
+# optimum-quanto's test_qlinear_gradient tolerances on 1 - cosine similarity: the bias gradient
+# depends on neither weight nor input, the weight gradient only on the input, the input gradient
+# on the quantized weight (hence looser for the 4-bit and float8 weights).
+BIAS_TOLERANCE = 1e-6
+WEIGHT_TOLERANCE = 1e-5
+INPUT_TOLERANCE = {"int8": 1e-5, "int4": 5e-3, "float8": 5e-3}
+# Issue #3: the int4 backward costs at most 2x the int8 one. Measured x1.3 with
+# bench/bench_qat_backward.py on a 2-core CPU; 3x leaves room for a busy machine.
+MAX_INT4_OVER_INT8_BACKWARD = 3.0
+
+WEIGHTS = ["int8", "int4", "int2", "float8"]
+
+
+def cosine_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """1 - cosine similarity of the two tensors, flattened, in float64."""
+    actual, expected = actual.detach().double().flatten(), expected.detach().double().flatten()
+    return 1.0 - float(F.cosine_similarity(actual, expected, dim=0))
+
+
+def gradients(module: torch.nn.Module, inputs: torch.Tensor, grad: torch.Tensor) -> dict:
+    """The gradients of weight (the float parameter), bias and input for one backward."""
+    inputs = inputs.detach().clone().requires_grad_()
+    module(inputs).backward(grad)
+    weight = getattr(module, "float_weight", None)
+    weight = module.weight if weight is None else weight
+    return {"weight": weight.grad, "bias": module.bias.grad, "input": inputs.grad}
+
+
+def linear_and_data(features: int = 256, seed: int = 0):
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(features, features)
+    inputs = torch.randn(10, 10, features)  # quanto's (batch, tokens, embeddings)
+    grad = torch.randn(10, 10, features)
+    return linear, inputs, grad
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_gradients_match_a_float_linear_holding_the_dequantized_weight(weights):
+    linear, inputs, grad = linear_and_data()
+    qlinear = quantize(copy.deepcopy(linear), weights=weights)
+    # the float reference holds exactly the weight the quantized forward used
+    reference = copy.deepcopy(linear)
+    with torch.no_grad():
+        reference.weight.copy_(qlinear.weight.dequantize())
+    actual, expected = gradients(qlinear, inputs, grad), gradients(reference, inputs, grad)
+    gaps = {name: cosine_gap(actual[name], expected[name]) for name in actual}
+    print(f"{weights}: 1 - cosine vs dequantized-weight float linear {gaps}")
+    assert gaps["bias"] <= BIAS_TOLERANCE
+    assert gaps["weight"] <= WEIGHT_TOLERANCE
+    assert gaps["input"] <= INPUT_TOLERANCE["int8"]  # same weight: as tight as int8
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4", "float8"])  # quanto's weight types
+def test_gradients_match_the_original_float_linear(weights):
+    """optimum-quanto's comparison: the float module keeps its unquantized weight.
+
+    (int2 is left out: its input gradient is measured 0.057 away from the float one.)
+    """
+    linear, inputs, grad = linear_and_data()
+    qlinear = quantize(copy.deepcopy(linear), weights=weights)
+    actual, expected = gradients(qlinear, inputs, grad), gradients(linear, inputs, grad)
+    gaps = {name: cosine_gap(actual[name], expected[name]) for name in actual}
+    print(f"{weights}: 1 - cosine vs original float linear {gaps}")
+    assert gaps["bias"] <= BIAS_TOLERANCE
+    assert gaps["weight"] <= WEIGHT_TOLERANCE
+    assert gaps["input"] <= INPUT_TOLERANCE[weights]
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_weight_gradient_is_straight_through(weights):
+    linear, inputs, grad = linear_and_data(64)
+    qlinear = quantize(linear, weights=weights)
+    weight = qlinear.weight
+    assert weight.requires_grad
+    # scales and shifts are constants of the forward pass: no gradient reaches them
+    assert not any(t.requires_grad for t in weight.inner_tensors().values())
+    qlinear(inputs).backward(grad)
+    expected = grad.reshape(-1, 64).T @ inputs.reshape(-1, 64)
+    torch.testing.assert_close(qlinear.float_weight.grad, expected)
+    torch.testing.assert_close(qlinear.bias.grad, grad.reshape(-1, 64).sum(0))
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_no_graph_without_autograd(context):
+    qlinear = quantize(torch.nn.Linear(64, 32), weights="int4")
+    with context():
+        weight = qlinear.weight
+        output = qlinear(torch.randn(3, 64))
+    assert not weight.requires_grad and weight.grad_fn is None and output.grad_fn is None
+
+
+def test_weight_without_requires_grad_gets_no_gradient():
+    linear, inputs, grad = linear_and_data(64)
+    qlinear = quantize(linear, weights="int4")
+    qlinear.float_weight.requires_grad_(False)
+    found = gradients(qlinear, inputs, grad)
+    assert found["weight"] is None
+    assert found["bias"] is not None and found["input"] is not None
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_frozen_module_gives_input_and_bias_gradients_only(weights):
+    linear, inputs, grad = linear_and_data(64)
+    qlinear = freeze(quantize(copy.deepcopy(linear), weights=weights))
+    reference = copy.deepcopy(linear)
+    with torch.no_grad():
+        reference.weight.copy_(qlinear.weight.dequantize())
+    inputs = inputs.clone().requires_grad_()
+    qlinear(inputs).backward(grad)
+    assert not qlinear.weight.requires_grad and qlinear.weight.grad is None
+    expected = gradients(reference, inputs, grad)
+    assert cosine_gap(qlinear.bias.grad, expected["bias"]) <= BIAS_TOLERANCE
+    assert cosine_gap(inputs.grad, expected["input"]) <= INPUT_TOLERANCE["int8"]
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_conv2d_gradients_match_a_float_conv_on_the_dequantized_weight(weights):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    qconv = quantize(copy.deepcopy(conv), weights=weights)
+    with torch.no_grad():
+        conv.weight.copy_(qconv.weight.dequantize())
+    inputs = torch.randn(2, 8, 12, 12)
+    grad = torch.randn(2, 16, 12, 12)
+    actual, expected = gradients(qconv, inputs, grad), gradients(conv, inputs, grad)
+    for name in actual:
+        assert cosine_gap(actual[name], expected[name]) <= WEIGHT_TOLERANCE, name
+
+
+def test_fine_tuning_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    inputs = torch.randn(256, 32)
+    targets = (inputs[:, :4] * 3).argmax(-1)
+    quantize(model, weights="int4", group_size=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ops that run and records the shapes of the float tensors they allocate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.result_shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        self.ops[func.overloadpacket.__name__] += 1
+        if isinstance(result, torch.Tensor) and result.dtype.is_floating_point:
+            storages = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            if result.untyped_storage().data_ptr() not in storages:  # not a view or detach
+                self.result_shapes.append(tuple(result.shape))
+        return result
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["qat", "frozen"])
+@pytest.mark.parametrize("weights", ["int8", "int4", "int2"])
+def test_backward_rebuilds_the_weight_once_and_never_an_identity(weights, frozen):
+    in_features, out_features = 256, 128
+    qlinear = quantize(torch.nn.Linear(in_features, out_features), weights=weights)
+    if frozen:
+        freeze(qlinear)
+    inputs = torch.randn(4, 8, in_features, requires_grad=True)
+    output = qlinear(inputs)
+    with OpCounter() as counter:
+        output.backward(torch.randn_like(output))
+    dequantizes = counter.ops["dequantize_symmetric"] + counter.ops["dequantize_affine"]
+    assert dequantizes == 1, counter.ops
+    assert counter.ops["unpack"] == (0 if weights == "int8" else 1), counter.ops
+    # an identity matmul would show as a square [K, K] or [N, N] float tensor
+    squares = {(in_features, in_features), (out_features, out_features)}
+    assert not squares & set(counter.result_shapes), counter.result_shapes
+    weight_sized = counter.result_shapes.count((out_features, in_features))
+    # the dequantized weight, plus the weight gradient when there is a float weight to train
+    assert weight_sized <= (1 if frozen else 2), counter.result_shapes
+
+
+def backward_seconds(module: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Seconds of one backward pass (the forward is not timed)."""
+    output = module(inputs)
+    grad = torch.ones_like(output)
+    start = time.perf_counter()
+    output.backward(grad)
+    return time.perf_counter() - start
+
+
+def test_int4_backward_costs_at_most_a_small_multiple_of_int8():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1024, 1024)
+    inputs = torch.randn(64, 1024, requires_grad=True)
+    modules = {w: quantize(copy.deepcopy(linear), weights=w) for w in ("int8", "int4")}
+    times: dict[str, list[float]] = {weights: [] for weights in modules}
+    for _ in range(10):  # interleaved, best of 10: a busy machine slows both alike
+        for weights, module in modules.items():
+            times[weights].append(backward_seconds(module, inputs))
+    seconds = {weights: min(values) for weights, values in times.items()}
+    print(f"backward int8 {seconds['int8'] * 1e3:.2f} ms, int4 {seconds['int4'] * 1e3:.2f} ms")
+    assert seconds["int4"] / seconds["int8"] <= MAX_INT4_OVER_INT8_BACKWARD, seconds
