@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from quanta.qmodules.tensors import QBitsTensor, QBytesTensor, QTensor
-from quanta.qtypes import QType, minmax_affine_params, symmetric_scale
+from quanta.qtypes import QType
 
 ENTRY_POINT_GROUP = "quanta.weight_optimizers"
 
@@ -93,8 +93,8 @@ class AbsmaxOptimizer(WeightOptimizer):
         group_size: int | None,
         module: nn.Module | None = None,
     ) -> WeightParts:
-        scale = symmetric_scale(weight, qtype, axis=0)
-        return WeightParts(torch.ops.quanta.quantize_symmetric(weight, scale, qtype.dtype), scale)
+        quantized = QBytesTensor.quantize(weight, qtype)  # the on-the-fly rule, in one place
+        return WeightParts(quantized.codes, quantized.scale)
 
 
 class MinmaxOptimizer(WeightOptimizer):
@@ -113,9 +113,9 @@ class MinmaxOptimizer(WeightOptimizer):
         group_size: int | None,
         module: nn.Module | None = None,
     ) -> WeightParts:
-        scale, zero_point = minmax_affine_params(weight, qtype, group_size)
-        codes = torch.ops.quanta.quantize_affine(weight, scale, zero_point, qtype.bits, group_size)
-        return WeightParts(codes, scale, zero_point)
+        quantized = QBitsTensor.quantize(weight, qtype, group_size)  # the on-the-fly rule
+        codes = torch.ops.quanta.unpack(quantized.codes, qtype.bits, quantized.in_size)
+        return WeightParts(codes, quantized.scale, quantized.zero_point)
 
 
 def default_optimizer(qtype: QType) -> WeightOptimizer:

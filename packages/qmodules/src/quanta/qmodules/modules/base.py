@@ -143,7 +143,6 @@ class QModuleMixin:
             error_msgs.append(f"While loading the quantized weight of {prefix!r}: {problem}")
             return
         current = self._parameters[WEIGHT]
-        layout = QBitsTensor if self.weight_qtype.is_packed else QBytesTensor
         float_names = layout.float_inner_names
         assign = local_metadata.get("assign_to_params_buffers", False) or current.is_meta
         if not assign:
