@@ -29,6 +29,7 @@ from quanta.qmodules.modules.base import (
     register_quantized_class,
 )
 from quanta.qmodules.tensors.activations import QActivationTensor
+from quanta.qmodules.tensors.straight_through import straight_through_dequantize
 from quanta.qtypes import QType
 
 INPUT_SCALE = "input_scale"
@@ -85,7 +86,7 @@ class QActivationMixin:
         smoothing = self._buffers.get(INPUT_SMOOTHING)
         if smoothing is not None:  # SmoothQuant: outliers divided out, multiplied into W
             if isinstance(input, QActivationTensor):
-                input = input.dequantize()
+                input = straight_through_dequantize(input)
             input = input / smoothing.to(input.dtype)
         if isinstance(input, QActivationTensor):
             if _OBSERVERS and self.activation_mode == "static":
@@ -110,7 +111,7 @@ class QActivationMixin:
         if not self.quantizes_output or not isinstance(output, torch.Tensor):
             return output
         if isinstance(output, QActivationTensor):
-            output = output.dequantize()
+            output = straight_through_dequantize(output)
         if _OBSERVERS:
             _notify(self, "output", output)
         quantized = QActivationTensor.quantize(output, self.output_scale, self.activation_qtype)

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import is_fake
 
 from quanta.qmodules.tensors.base import QTensor, dequantized_call
+from quanta.qmodules.tensors.straight_through import (
+    straight_through_dequantize,
+    straight_through_quantize,
+)
 from quanta.qtypes import QType
 
 aten = torch.ops.aten
@@ -64,10 +68,17 @@ class QActivationTensor(QTensor):
 
     @classmethod
     def quantize(cls, x: torch.Tensor, scale: torch.Tensor, qtype: QType) -> QActivationTensor:
-        """Quantize a float tensor with `scale` (0-d or broadcasting), kept in x's dtype."""
-        scale = scale.to(x.dtype)
-        codes = torch.ops.quanta.quantize_symmetric(x, scale, qtype.dtype)
-        return cls(codes, scale, qtype, x.shape)
+        """Quantize a float tensor with `scale` (0-d or broadcasting), kept in x's dtype.
+
+        With autograd on and x requiring grad (QAT), the gradient passes straight through to x.
+        """
+        scale = scale.detach().to(x.dtype)
+
+        def quantize(tensor: torch.Tensor) -> QActivationTensor:
+            codes = torch.ops.quanta.quantize_symmetric(tensor, scale, qtype.dtype)
+            return cls(codes, scale, qtype, tensor.shape)
+
+        return straight_through_quantize(x, quantize)
 
     @classmethod
     def quantize_per_token(cls, x: torch.Tensor, qtype: QType) -> QActivationTensor:
@@ -189,4 +200,4 @@ def _matmul(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
 def _quantized_input(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     """A quantized module input: dequantized, then the weight's own handler runs (its kernel)."""
     input, *rest = args
-    return func(input.dequantize(), *rest, **kwargs)
+    return func(straight_through_dequantize(input), *rest, **kwargs)

@@ -1,9 +1,11 @@
 """Straight-through gradients for quantization-aware training (QAT).
 
 Before `freeze()`, a quantized module's weight is quantized from its float parameter at every
-access. With gradients enabled, `straight_through_quantize` makes that quantization an identity
-for autograd: the gradient of the dequantized weight reaches the float weight unchanged, while the
-scale and zero point (computed from the weight) stay constants and get none.
+access, and activations are quantized at every call. With gradients enabled,
+`straight_through_quantize` makes that quantization an identity for autograd: the gradient of the
+dequantized tensor reaches the float one unchanged, while the scale and zero point stay constants
+and get none. `straight_through_dequantize` is the way back to float for code that runs above
+autograd (torch functions): the gradient of the float result reaches the quantized tensor.
 
 `straight_through_linear` is the backward of a linear layer on such a weight. It rebuilds the
 weight once (`dequantize()`: one unpack and one dequantize for 2/4-bit codes) for the input
@@ -27,16 +29,20 @@ def needs_weight_grad(weight: object) -> bool:
     """True when `weight` is a quantized tensor that autograd must carry a gradient through."""
     from quanta.qmodules.tensors.base import QTensor  # here: base.py imports this module
 
-    return isinstance(weight, QTensor) and weight.requires_grad and torch.is_grad_enabled()
+    return isinstance(weight, QTensor) and _wants_grad(weight)
+
+
+def _wants_grad(tensor: torch.Tensor) -> bool:
+    return tensor.requires_grad and torch.is_grad_enabled()
 
 
 class _StraightThroughQuantize(torch.autograd.Function):
-    """float weight -> QTensor in the forward pass; the identity on gradients in the backward."""
+    """float tensor -> QTensor in the forward pass; the identity on gradients in the backward."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, quantize: Callable[[torch.Tensor], QTensor]):
+    def forward(ctx, tensor: torch.Tensor, quantize: Callable[[torch.Tensor], QTensor]):
         # autograd is off inside forward: the scale and zero point come out detached
-        return quantize(weight.detach())
+        return quantize(tensor.detach())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -44,17 +50,36 @@ class _StraightThroughQuantize(torch.autograd.Function):
 
 
 def straight_through_quantize(
-    weight: torch.Tensor, quantize: Callable[[torch.Tensor], QTensor]
+    tensor: torch.Tensor, quantize: Callable[[torch.Tensor], QTensor]
 ) -> QTensor:
-    """`quantize(weight)`, with the straight-through estimator when a gradient is wanted.
+    """`quantize(tensor)`, with the straight-through estimator when a gradient is wanted.
 
-    With autograd enabled and `weight.requires_grad`, the returned QTensor requires grad and
-    its gradient (a plain tensor of the weight's shape) is passed to `weight` unchanged.
-    Otherwise this is `quantize(weight.detach())` and records nothing.
+    With autograd enabled and `tensor.requires_grad`, the returned QTensor requires grad and
+    its gradient (a plain tensor of the same shape) is passed to `tensor` unchanged.
+    Otherwise this is `quantize(tensor.detach())` and records nothing.
     """
-    if weight.requires_grad and torch.is_grad_enabled():
-        return _StraightThroughQuantize.apply(weight, quantize)
-    return quantize(weight.detach())
+    if _wants_grad(tensor):
+        return _StraightThroughQuantize.apply(tensor, quantize)
+    return quantize(tensor.detach())
+
+
+class _StraightThroughDequantize(torch.autograd.Function):
+    """QTensor -> float tensor; the gradient of the float tensor passes to the QTensor."""
+
+    @staticmethod
+    def forward(ctx, tensor: QTensor):
+        return tensor.dequantize()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad
+
+
+def straight_through_dequantize(tensor: QTensor) -> torch.Tensor:
+    """`tensor.dequantize()`, recorded by autograd when the QTensor requires grad (QAT)."""
+    if _wants_grad(tensor):
+        return _StraightThroughDequantize.apply(tensor)
+    return tensor.dequantize()
 
 
 class _StraightThroughLinear(torch.autograd.Function):
