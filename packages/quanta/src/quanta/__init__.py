@@ -28,11 +28,14 @@ _EXPORTS = {
     "QTensor": "quanta.qmodules",
     "weight_memory": "quanta.qmodules",
     "Calibration": "quanta.qcalib",
+    "save": "quanta.qio",
+    "load": "quanta.qio",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from quanta.qcalib import Calibration
+    from quanta.qio import load, save
     from quanta.qmodules import QConv2d, QLinear, QTensor, freeze, quantize, weight_memory
     from quanta.qtypes import (
         QType,

@@ -1,5 +1,37 @@
 """quanta.qio: safetensors save and load of quantized models."""
 
+from quanta.qio.config import (
+    CONFIG_VERSION,
+    LAYOUT_VERSION,
+    ModuleConfig,
+    QuantizationConfig,
+    apply_quantization_config,
+    quantization_config,
+)
+from quanta.qio.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    UnsupportedCheckpointError,
+)
+from quanta.qio.load import load
+from quanta.qio.save import save
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "CONFIG_VERSION",
+    "LAYOUT_VERSION",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "ModuleConfig",
+    "QuantizationConfig",
+    "UnsupportedCheckpointError",
+    "apply_quantization_config",
+    "load",
+    "quantization_config",
+    "save",
+]

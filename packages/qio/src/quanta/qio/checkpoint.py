@@ -1,0 +1,134 @@
+"""Reading a checkpoint written by `save`: headers, config and checksums first, tensors after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quanta.qio.config import QuantizationConfig, parse_config
+from quanta.qio.errors import CorruptCheckpointError, UnsupportedCheckpointError
+from quanta.qio.expected import TensorSpec
+from quanta.qio.files import find_files, read_index
+from quanta.qio.progress import progress_bar
+from quanta.qio.safetensors_format import (
+    SafetensorsHeader,
+    read_header,
+    read_tensor,
+    verified_checksums,
+)
+
+CONFIG_KEY = "quanta.config"  # safetensors metadata (and index metadata) key of the config
+
+
+@dataclass(frozen=True)
+class StoredTensors:
+    """The checked headers of a checkpoint's files and which file holds each key."""
+
+    headers: list[SafetensorsHeader]
+    location: dict[str, SafetensorsHeader]
+
+    @property
+    def specs(self) -> dict[str, TensorSpec]:
+        """Shape and dtype of every stored tensor."""
+        return {
+            key: TensorSpec(header.entries[key].shape, header.entries[key].dtype)
+            for key, header in self.location.items()
+        }
+
+
+def open_files(path: Path) -> tuple[StoredTensors, dict]:
+    """Read and cross-check the headers of every file of the checkpoint at `path`.
+
+    Returns them with the index metadata ({} without an index). Each key must live in exactly
+    one file, the one the index names.
+    """
+    files, index_path = find_files(path)
+    headers = [read_header(file) for file in files]
+    location: dict[str, SafetensorsHeader] = {}
+    for header in headers:
+        for key in header.entries:
+            if key in location:
+                raise CorruptCheckpointError(
+                    f"key {key!r} is in {location[key].path} and {header.path}"
+                )
+            location[key] = header
+    if index_path is None:
+        return StoredTensors(headers, location), {}
+    metadata, weight_map = read_index(index_path)
+    placed = {key: header.path.name for key, header in location.items()}
+    if placed != weight_map:
+        wrong = sorted(set(placed.items()) ^ set(weight_map.items()))[:3]
+        raise CorruptCheckpointError(
+            f"{index_path}: the index and the files disagree on where keys are, e.g. {wrong}"
+        )
+    return StoredTensors(headers, location), metadata
+
+
+def read_stored(
+    stored: StoredTensors,
+    keys: list[str],
+    checksums: dict[str, str] | None,
+    progress: bool,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, CPU tensor) for `keys`, file by file in storage order, checked if asked."""
+    wanted = set(keys)
+    total = sum(
+        stored.location[k].entries[k].end - stored.location[k].entries[k].start for k in wanted
+    )
+    with progress_bar(total, "load", progress) as bar:
+        for header in stored.headers:
+            names = sorted(wanted & set(header.entries), key=lambda k: header.entries[k].start)
+            if not names:
+                continue
+            bar.set_description(f"load {header.path.name}")
+            with open(header.path, "rb") as file:
+                for name in names:
+                    expected = None if checksums is None else checksums[name]
+                    tensor = read_tensor(file, header, name, expected)
+                    bar.update(tensor.numel() * tensor.element_size())
+                    yield name, tensor
+
+
+class QuantaCheckpoint:
+    """A checkpoint written by `save`: its config, tensor specs and (when verifying) checksums."""
+
+    def __init__(self, path: Path, verify: bool) -> None:
+        self.stored, index_metadata = open_files(path)
+        texts = self._config_texts()
+        self.checksums: dict[str, str] | None = None
+        if verify:  # before the config is parsed: a corrupt config fails as corrupt
+            self.checksums = {}
+            for header in self.stored.headers:
+                self.checksums.update(verified_checksums(header))
+        self.config = self._config(texts, index_metadata)
+        self.specs = self.stored.specs
+
+    def _config_texts(self) -> dict[Path, str]:
+        texts = {header.path: header.metadata.get(CONFIG_KEY) for header in self.stored.headers}
+        absent = [str(path) for path, text in texts.items() if text is None]
+        if absent:
+            raise UnsupportedCheckpointError(
+                f"{absent[0]}: no quanta config ({CONFIG_KEY}) in the metadata; not a checkpoint "
+                "written by quanta.save (optimum-quanto folders need their quanto_qmap.json)"
+            )
+        return texts
+
+    def _config(self, texts: dict[Path, str], index_metadata: dict) -> QuantizationConfig:
+        configs = [parse_config(text, str(path)) for path, text in texts.items()]
+        if CONFIG_KEY in index_metadata:
+            configs.append(parse_config(index_metadata[CONFIG_KEY], "the index"))
+        if any(config != configs[0] for config in configs[1:]):
+            raise CorruptCheckpointError("the files of the checkpoint carry different configs")
+        return configs[0]
+
+    def read(
+        self, keys: list[str], device: torch.device, progress: bool
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of `keys` on `device`, their checksums verified if asked at opening."""
+        return {
+            key: tensor.to(device)
+            for key, tensor in read_stored(self.stored, keys, self.checksums, progress)
+        }
