@@ -29,12 +29,25 @@ def test_quantized_copy_leaves_the_fp32_model_untouched():
 
 def test_table_has_one_line_per_row_and_relative_columns():
     rows = [
-        run.DemoRow("LM", "fp32", 100.0, 100.0, "perplexity", 20.0, 20.0, "token", 0.002, 0.002),
-        run.DemoRow("LM", "int8", 100.0, 26.0, "perplexity", 20.1, 20.0, "token", 0.003, 0.002),
-        run.DemoRow("CNN", "int4", 10.0, 1.5, "top-1 agree", 0.75, 1.0, "batch", 0.5, 0.25),
+        run.DemoRow("LM", "fp32", 100, 100, 100, "perplexity", 20.0, 20.0, "token", 0.002, 0.002),
+        run.DemoRow("LM", "int8", 100, 26, 26.5, "perplexity", 20.1, 20.0, "token", 0.003, 0.002),
+        run.DemoRow("CNN", "int4", 10, 1.5, 1.6, "top-1 agree", 0.75, 1.0, "batch", 0.5, 0.25),
     ]
     lines = run.format_table(rows).splitlines()
     assert len(lines) == 2 + len(rows)
     assert lines[0].split()[:2] == ["model", "weights"]
     assert "+0.50%" in lines[3] and "0.260x" in lines[3] and "1.50x" in lines[3]
+    assert "26.5" in lines[3]
     assert "-0.2500" in lines[4] and "2.00x" in lines[4]
+
+
+def test_reload_from_a_meta_skeleton_gives_the_saved_outputs(tmp_path):
+    model = _model()
+    qmodel = run.quantized_copy(model, "int4", progress=False)
+    skeleton = run.meta_skeleton(model)
+    assert all(p.is_meta for p in skeleton.parameters())
+    assert not any(p.is_meta for p in model.parameters())
+    images = torch.randn(2, 3, 8, 8)
+    reloaded, size = run.saved_and_reloaded(qmodel, model, tmp_path / "ckpt", lambda m: m(images))
+    assert torch.equal(reloaded(images), qmodel(images))
+    assert 0 < size < run.model_bytes(model) / 4

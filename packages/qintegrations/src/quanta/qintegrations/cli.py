@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where converted models are cached (default: $QUANTA_CACHE or ~/.cache/quanta)",
     )
+    demo.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="keep the quantized checkpoints here, one folder per row (default: a temporary one)",
+    )
     return parser
 
 
@@ -106,6 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
         images=args.images,
         group_size=args.group_size,
         cache=args.cache_dir,
+        output=args.output,
     )
     try:
         main(settings)

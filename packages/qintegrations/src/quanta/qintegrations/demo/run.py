@@ -1,12 +1,15 @@
 """The demo: quantize three real models at several weight types and print one table.
 
 For each model the fp32 original is loaded once and scored; every quantized row starts from a
-fresh deep copy of it, is quantized and frozen, and is scored against the fp32 numbers.
+fresh deep copy of it, is quantized and frozen, saved with quanta.qio and loaded back into a
+skeleton of the model whose parameters are on the meta device. The reloaded model, checked to
+give the same outputs as the one saved, is what is scored against the fp32 numbers.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from torch import nn
 
 from quanta.qintegrations.demo import data, metrics, models
 from quanta.qintegrations.demo.deps import require
+from quanta.qio import load, save
 from quanta.qmodules import freeze, quantize, weight_memory
 
 MODEL_NAMES = ("smollm2", "minilm", "mobilenet")
@@ -25,6 +29,8 @@ WEIGHT_NAMES = ("int8", "int4", "int2", "float8")
 SENTENCE_BATCH = 32  # MiniLM sentences per batch
 IMAGE_BATCH = 16  # MobileNetV2 images per batch
 MB = 1e6
+# inputs on which a reloaded model must give exactly the saved model's outputs
+PROBE_TOKENS, PROBE_SENTENCES, PROBE_IMAGES = 64, 4, 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class DemoSettings:
     images: int = 128
     group_size: int | None = None
     cache: Path | None = None
+    output: Path | None = None  # where the quantized checkpoints go (default: a temporary folder)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ModelUnderTest:
     metric_name: str
     time_unit: str
     score: Callable[[nn.Module], tuple[float, float]]  # model -> (metric, seconds per unit)
+    probe: Callable[[nn.Module], torch.Tensor]  # model -> its outputs on one small input
     exclude: str | list[str] | None = None
 
 
@@ -60,6 +68,7 @@ class DemoRow:
     weights: str
     size_fp32_mb: float
     size_mb: float
+    file_mb: float
     metric_name: str
     metric: float
     metric_fp32: float
@@ -103,6 +112,36 @@ def quantized_copy(
     return qmodel.eval()
 
 
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and persistent buffers are on the meta device.
+
+    Non-persistent buffers (rotary frequencies...) are copied: a checkpoint does not hold them.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            memo[id(parameter)] = nn.Parameter(
+                torch.empty_like(parameter, device="meta"), parameter.requires_grad
+            )
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                memo[id(buffer)] = torch.empty_like(buffer, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def saved_and_reloaded(
+    qmodel: nn.Module, model: nn.Module, folder: Path, probe: Callable[[nn.Module], torch.Tensor]
+) -> tuple[nn.Module, int]:
+    """Save `qmodel` into `folder`, load it into a meta skeleton of `model`; return the loaded
+    model and the bytes on disk. Raises RuntimeError when the two disagree on `probe`."""
+    save(qmodel, folder)
+    reloaded = load(folder, meta_skeleton(model), progress=False).eval()
+    with torch.inference_mode():
+        if not torch.equal(probe(reloaded), probe(qmodel)):
+            raise RuntimeError(f"the model reloaded from {folder} differs from the one saved")
+    return reloaded, sum(f.stat().st_size for f in folder.iterdir())
+
+
 def _timed(function: Callable[[], object], warmup: Callable[[], object]) -> tuple[object, float]:
     """`function()` and its wall time, after an untimed `warmup()` (first calls build kernels)."""
     warmup()
@@ -123,7 +162,12 @@ def smollm2_under_test(settings: DemoSettings) -> ModelUnderTest:
         )
         return value, seconds / token_ids.numel()
 
-    return ModelUnderTest("SmolLM2-135M", model, "perplexity", "token", score, exclude="lm_head")
+    def probe(candidate: nn.Module) -> torch.Tensor:
+        return candidate(token_ids[None, :PROBE_TOKENS]).logits
+
+    return ModelUnderTest(
+        "SmolLM2-135M", model, "perplexity", "token", score, probe, exclude="lm_head"
+    )
 
 
 def minilm_under_test(settings: DemoSettings) -> ModelUnderTest:
@@ -140,7 +184,12 @@ def minilm_under_test(settings: DemoSettings) -> ModelUnderTest:
         )
         return metrics.mean_cosine(reference, embeddings), seconds / batches
 
-    return ModelUnderTest("all-MiniLM-L6-v2", model, "cosine", f"batch of {SENTENCE_BATCH}", score)
+    def probe(candidate: nn.Module) -> torch.Tensor:
+        return metrics.sentence_embeddings(candidate, tokenizer, sentences[:PROBE_SENTENCES])
+
+    return ModelUnderTest(
+        "all-MiniLM-L6-v2", model, "cosine", f"batch of {SENTENCE_BATCH}", score, probe
+    )
 
 
 def mobilenet_under_test(settings: DemoSettings) -> ModelUnderTest:
@@ -157,7 +206,12 @@ def mobilenet_under_test(settings: DemoSettings) -> ModelUnderTest:
         )
         return metrics.top1_agreement(reference, logits), seconds / batches
 
-    return ModelUnderTest("MobileNetV2", model, "top-1 agree", f"batch of {IMAGE_BATCH}", score)
+    def probe(candidate: nn.Module) -> torch.Tensor:
+        return candidate(images[:PROBE_IMAGES])
+
+    return ModelUnderTest(
+        "MobileNetV2", model, "top-1 agree", f"batch of {IMAGE_BATCH}", score, probe
+    )
 
 
 MODELS_UNDER_TEST: dict[str, Callable[[DemoSettings], ModelUnderTest]] = {
@@ -168,7 +222,15 @@ MODELS_UNDER_TEST: dict[str, Callable[[DemoSettings], ModelUnderTest]] = {
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> list[DemoRow]:
-    """Score every requested model in fp32 and at every requested weight type."""
+    """Score every requested model in fp32 and at every requested weight type, the quantized
+    ones after a save and reload (checkpoints under `settings.output`, else a temporary one)."""
+    if settings.output is not None:
+        return _run_demo(settings, Path(settings.output), progress)
+    with tempfile.TemporaryDirectory(prefix="quanta-demo-") as folder:
+        return _run_demo(settings, Path(folder), progress)
+
+
+def _run_demo(settings: DemoSettings, output: Path, progress: bool) -> list[DemoRow]:
     rows = []
     for name in settings.models:
         under_test = MODELS_UNDER_TEST[name](settings)
@@ -176,7 +238,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> list[DemoRow]:
         size_fp32 = model_bytes(under_test.model)
         rows.append(
             DemoRow(
-                under_test.title, "fp32", size_fp32 / MB, size_fp32 / MB,
+                under_test.title, "fp32", size_fp32 / MB, size_fp32 / MB, size_fp32 / MB,
                 under_test.metric_name, fp32_metric, fp32_metric,
                 under_test.time_unit, fp32_seconds, fp32_seconds,
             )
@@ -186,12 +248,15 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> list[DemoRow]:
                 under_test.model, weights, under_test.exclude, settings.group_size, progress
             )
             quantized_bytes, float_bytes = weight_memory(qmodel)
+            qmodel, file_bytes = saved_and_reloaded(
+                qmodel, under_test.model, output / f"{name}-{weights}", under_test.probe
+            )
             metric, seconds = under_test.score(qmodel)
             del qmodel
             rows.append(
                 DemoRow(
                     under_test.title, weights, size_fp32 / MB,
-                    (size_fp32 - float_bytes + quantized_bytes) / MB,
+                    (size_fp32 - float_bytes + quantized_bytes) / MB, file_bytes / MB,
                     under_test.metric_name, metric, fp32_metric,
                     under_test.time_unit, seconds, fp32_seconds,
                 )
@@ -206,8 +271,8 @@ def _format_seconds(seconds: float) -> str:
 def format_table(rows: Sequence[DemoRow]) -> str:
     """The demo table: size, accuracy against fp32 and speed against fp32, one row per run."""
     header = (
-        "model", "weights", "MB fp32", "MB quant", "size", "metric", "value", "vs fp32",
-        "time", "per", "vs fp32",
+        "model", "weights", "MB fp32", "MB quant", "size", "MB file", "metric", "value",
+        "vs fp32", "time", "per", "vs fp32",
     )  # fmt: skip
     lines = []
     for row in rows:
@@ -221,13 +286,14 @@ def format_table(rows: Sequence[DemoRow]) -> str:
         lines.append(
             (
                 row.model, row.weights, f"{row.size_fp32_mb:.1f}", f"{row.size_mb:.1f}",
-                f"{row.size_mb / row.size_fp32_mb:.3f}x", row.metric_name, value,
+                f"{row.size_mb / row.size_fp32_mb:.3f}x", f"{row.file_mb:.1f}", row.metric_name,
+                value,
                 versus, _format_seconds(row.seconds), row.time_unit,
                 f"{row.seconds / row.seconds_fp32:.2f}x",
             )
         )  # fmt: skip
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    left = {0, 1, 5, 9}  # text columns; numbers align right
+    left = {0, 1, 6, 10}  # text columns; numbers align right
 
     def render(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -248,4 +314,5 @@ def main(settings: DemoSettings) -> str:
     wall = time.perf_counter() - start
     print(f"\nquanta demo: {wall:.1f} s wall on {torch.get_num_threads()} threads")
     print("MB: all parameters in fp32, and with the quantized weights' codes, scales, zero points")
+    print("MB file: the quanta.save checkpoint each quantized row was reloaded from and scored")
     return table
