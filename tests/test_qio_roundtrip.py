@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from quanta.qcalib import Calibration
+from quanta.qcalib import Calibration, rotate, smooth
 from quanta.qio import load, save
 from quanta.qmodules import QTensor, freeze, quantize
 
@@ -40,5 +40,25 @@ def test_calibrated_mlp_round_trips_exactly(tmp_path, dtype, weights, activation
         skeleton = mlp(dtype)
     loaded = load(tmp_path, skeleton, progress=False)
     x = torch.randn(8, 256, dtype=dtype)
+    with torch.inference_mode():
+        assert torch.equal(plain(loaded(x)), plain(model(x)))
+
+
+def test_smoothed_and_rotated_w8a8_mlp_round_trips_exactly(tmp_path):
+    torch.manual_seed(0)
+    samples = torch.randn(64, 256)
+    model = quantize(mlp(torch.float32), weights="int8", activations="int8")
+    with torch.inference_mode():
+        smooth(model, [samples], alpha=0.7)
+    rotate(model, "0")
+    with torch.inference_mode(), Calibration(momentum=0.9):
+        model(samples)
+    freeze(model)
+    save(model, tmp_path)
+    with torch.device("meta"):
+        skeleton = mlp(torch.float32)
+    loaded = load(tmp_path, skeleton, progress=False)
+    assert loaded[0].input_rotation.shape == (1, 256)  # the default block: 256 features
+    x = torch.randn(8, 256)
     with torch.inference_mode():
         assert torch.equal(plain(loaded(x)), plain(model(x)))

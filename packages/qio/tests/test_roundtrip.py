@@ -92,6 +92,7 @@ def test_files_carry_the_versioned_config_and_a_checksum_per_tensor(tmp_path, fr
         "activations_mode": "static",
         "output_quantized": True,
         "input_smoothing": False,
+        "input_rotation": None,
     }
     assert config["modules"]["norm"]["weights"] is None
     assert set(json.loads(metadata["quanta.checksums"])) == {*keys, "__metadata__"}

@@ -2,6 +2,7 @@
 
 from quanta.qcalib.calibration import ActivationRange, Calibration
 from quanta.qcalib.optimizers import GPTQ, HQQ, optimize_weights
+from quanta.qcalib.rotation import rotate
 from quanta.qcalib.smoothing import smooth
 from quanta.qmodules import register_weight_optimizer
 
@@ -10,4 +11,12 @@ register_weight_optimizer("gptq", GPTQ)
 
 __version__ = "0.1.0"
 
-__all__: list[str] = ["GPTQ", "HQQ", "ActivationRange", "Calibration", "optimize_weights", "smooth"]
+__all__: list[str] = [
+    "GPTQ",
+    "HQQ",
+    "ActivationRange",
+    "Calibration",
+    "optimize_weights",
+    "rotate",
+    "smooth",
+]

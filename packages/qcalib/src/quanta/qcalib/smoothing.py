@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quanta.qmodules import QLinear
+from quanta.qmodules import QLinear, float_activations
 
 # keeps s away from 0 and inf for channels that never fire (or columns of zeros)
 MIN_RANGE = 1e-5
@@ -53,20 +53,16 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.M
         seen = ranges.get(module)
         ranges[module] = channel_max if seen is None else torch.maximum(seen, channel_max)
 
-    qtypes = {module: module.activation_qtype for module in modules}
     handles = [module.register_forward_pre_hook(record) for module in modules]
     try:
-        for module in modules:  # measure float activations: no quantization while running
-            module.activation_qtype = None
         count = 0
-        for batch in batches:
-            _run(model, batch)
-            count += 1
+        with float_activations():  # measure float activations: no quantization while running
+            for batch in batches:
+                _run(model, batch)
+                count += 1
     finally:
         for handle in handles:
             handle.remove()
-        for module, qtype in qtypes.items():
-            module.activation_qtype = qtype
     if count == 0:
         raise ValueError("smooth() needs at least one calibration batch")
     for module in modules:

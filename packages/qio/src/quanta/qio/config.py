@@ -24,7 +24,11 @@ from quanta.qio.errors import (
 )
 from quanta.qmodules import QBitsTensor, QModuleMixin
 from quanta.qmodules.modules import quantize_module, quantize_module_activations
-from quanta.qmodules.modules.activations import ACTIVATION_MODES, INPUT_SMOOTHING
+from quanta.qmodules.modules.activations import (
+    ACTIVATION_MODES,
+    INPUT_ROTATION,
+    INPUT_SMOOTHING,
+)
 from quanta.qmodules.modules.base import WEIGHT, quantized_base_for
 from quanta.qtypes import QType, to_qtype
 
@@ -46,6 +50,7 @@ class ModuleConfig:
     activations_mode: str | None = None
     output_quantized: bool = False
     input_smoothing: bool = False
+    input_rotation: int | None = None  # the Hadamard block size of a rotated input
 
     @property
     def weight_qtype(self) -> QType | None:
@@ -97,6 +102,7 @@ def module_config(module: QModuleMixin) -> ModuleConfig:
     else:
         float_zero_point = optimizer is not None and optimizer.float_zero_point and qtype.is_packed
     activation_qtype = module.activation_qtype
+    rotation = module._buffers.get(INPUT_ROTATION)
     return ModuleConfig(
         weights=None if qtype is None else qtype.name,
         group_size=module.weight_group_size,
@@ -107,6 +113,7 @@ def module_config(module: QModuleMixin) -> ModuleConfig:
         activations_mode=module.activation_mode if activation_qtype is not None else None,
         output_quantized=activation_qtype is not None and module.quantizes_output,
         input_smoothing=module._buffers.get(INPUT_SMOOTHING) is not None,
+        input_rotation=None if rotation is None else rotation.shape[1],
     )
 
 
@@ -162,6 +169,7 @@ _FIELD_TYPES = {
     "activations_mode": (str, type(None)),
     "output_quantized": (bool,),
     "input_smoothing": (bool,),
+    "input_rotation": (int, type(None)),
 }
 
 
@@ -260,3 +268,14 @@ def _quantize(module: nn.Module, name: str, entry: ModuleConfig) -> None:
         weight = module._parameters[WEIGHT]
         ones = torch.ones(weight.shape[1], dtype=weight.dtype, device=weight.device)
         module.register_buffer(INPUT_SMOOTHING, ones)
+    if entry.input_rotation is not None:
+        weight = module._parameters[WEIGHT]
+        block = entry.input_rotation
+        if block < 1 or weight.shape[1] % block:
+            raise CheckpointMismatchError(
+                f"module {name!r}: input_rotation block {block} does not divide its "
+                f"{weight.shape[1]} input features"
+            )
+        shape = (weight.shape[1] // block, block)
+        signs = torch.ones(shape, dtype=weight.dtype, device=weight.device)
+        module.register_buffer(INPUT_ROTATION, signs)

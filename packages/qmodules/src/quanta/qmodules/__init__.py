@@ -8,6 +8,7 @@ from quanta.qmodules.modules import (
     QLayerNorm,
     QLinear,
     QModuleMixin,
+    float_activations,
     observe_activations,
 )
 from quanta.qmodules.optimizers import (
@@ -37,6 +38,7 @@ __all__ = [
     "WeightMemory",
     "WeightOptimizer",
     "WeightParts",
+    "float_activations",
     "freeze",
     "observe_activations",
     "quantize",

@@ -3,6 +3,7 @@
 from quanta.qmodules.modules.activations import (
     QActivationMixin,
     QLayerNorm,
+    float_activations,
     observe_activations,
     quantize_module_activations,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "QLayerNorm",
     "QLinear",
     "QModuleMixin",
+    "float_activations",
     "observe_activations",
     "quantize_module",
     "quantize_module_activations",

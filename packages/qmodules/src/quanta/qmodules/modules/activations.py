@@ -10,7 +10,9 @@ an activation qtype runs its float class's forward unchanged. With one:
   channels for a convolution) at every call; no buffers, no calibration, the output stays float.
 
 An input that is already a QActivationTensor (the quantized output of the module before) is used
-as it is. Observers registered with `observe_activations` see every static activation before it
+as it is. Before quantization the input may be divided by `input_smoothing` (SmoothQuant) and
+rotated by `input_rotation` (a block Hadamard transform); the float weight carries the inverse.
+Observers registered with `observe_activations` see every static activation before it
 is quantized (this is how calibration reads ranges without this layer knowing about it).
 """
 
@@ -28,6 +30,7 @@ from quanta.qmodules.modules.base import (
     quantized_class_for,
     register_quantized_class,
 )
+from quanta.qmodules.modules.rotation import hadamard_transform, random_signs
 from quanta.qmodules.tensors.activations import QActivationTensor
 from quanta.qmodules.tensors.straight_through import straight_through_dequantize
 from quanta.qtypes import QType
@@ -35,6 +38,7 @@ from quanta.qtypes import QType
 INPUT_SCALE = "input_scale"
 OUTPUT_SCALE = "output_scale"
 INPUT_SMOOTHING = "input_smoothing"
+INPUT_ROTATION = "input_rotation"
 ACTIVATION_MODES = ("static", "dynamic")
 
 #: observer(module, kind, tensor), kind in "input", "output" (float, before quantization, the
@@ -51,6 +55,20 @@ def observe_activations(observer: ActivationObserver) -> Iterator[None]:
         yield
     finally:
         _OBSERVERS.remove(observer)
+
+
+_FLOAT_ACTIVATIONS: list[bool] = []
+
+
+@contextmanager
+def float_activations() -> Iterator[None]:
+    """Inside, quantized modules leave their activations float; input smoothing and rotation
+    still apply, so the model computes its float function (to measure float statistics)."""
+    _FLOAT_ACTIVATIONS.append(True)
+    try:
+        yield
+    finally:
+        _FLOAT_ACTIVATIONS.pop()
 
 
 def _notify(module: nn.Module, kind: str, tensor: torch.Tensor) -> None:
@@ -84,10 +102,15 @@ class QActivationMixin:
     def quantize_input(self, input: torch.Tensor) -> torch.Tensor:
         """The input as a QActivationTensor (kept as is when it already is one)."""
         smoothing = self._buffers.get(INPUT_SMOOTHING)
+        rotation = self._buffers.get(INPUT_ROTATION)
+        if (smoothing is not None or rotation is not None) and isinstance(input, QActivationTensor):
+            input = straight_through_dequantize(input)
         if smoothing is not None:  # SmoothQuant: outliers divided out, multiplied into W
-            if isinstance(input, QActivationTensor):
-                input = straight_through_dequantize(input)
             input = input / smoothing.to(input.dtype)
+        if rotation is not None:  # outliers spread over blocks; W's rows rotated alike
+            input = hadamard_transform(input, rotation)
+        if _FLOAT_ACTIVATIONS:
+            return input
         if isinstance(input, QActivationTensor):
             if _OBSERVERS and self.activation_mode == "static":
                 # calibrated anyway: the input scale serves if the producer stops quantizing
@@ -108,7 +131,7 @@ class QActivationMixin:
 
     def quantize_output(self, output: torch.Tensor) -> torch.Tensor:
         """The output quantized with `output_scale`, or as it is (dynamic, streamlined)."""
-        if not self.quantizes_output or not isinstance(output, torch.Tensor):
+        if _FLOAT_ACTIVATIONS or not self.quantizes_output or not isinstance(output, torch.Tensor):
             return output
         if isinstance(output, QActivationTensor):
             output = straight_through_dequantize(output)
@@ -127,11 +150,27 @@ class QActivationMixin:
             raise ValueError(
                 "smooth_input needs a not yet frozen Linear weight [out, in] and factors [in]"
             )
+        if self._buffers.get(INPUT_ROTATION) is not None:
+            raise ValueError("smooth the input before rotating it: the weight is already rotated")
         with torch.no_grad():
             weight.mul_(factors.to(weight.dtype))
             previous = self._buffers.get(INPUT_SMOOTHING)
             combined = factors if previous is None else previous.float() * factors
         self.register_buffer(INPUT_SMOOTHING, combined.to(weight.dtype))
+
+    def rotate_input(self, block_size: int, seed: int = 0) -> None:
+        """Rotate the input by a random-sign block Hadamard transform at run time and the float
+        weight's rows alike (see modules/rotation.py); the product is unchanged. Before freeze
+        only, after any smoothing; `block_size` is a power of two dividing in_features."""
+        weight = self.float_weight
+        if weight is None or weight.dim() != 2:
+            raise ValueError("rotate_input needs a not yet frozen Linear weight [out, in]")
+        if self._buffers.get(INPUT_ROTATION) is not None:
+            raise ValueError(f"the input of {self.quantized_name or self} is already rotated")
+        signs = random_signs(weight.shape[1], block_size, seed).to(weight.device)
+        with torch.no_grad():
+            weight.copy_(hadamard_transform(weight, signs))
+        self.register_buffer(INPUT_ROTATION, signs.to(weight.dtype))
 
     def disable_output_quantization(self) -> None:
         """Return the output in float from now on; `output_scale` leaves the state_dict."""
@@ -153,9 +192,10 @@ class QActivationMixin:
                 self.disable_output_quantization()  # saved from a streamlined model
             elif has_output and self._buffers[OUTPUT_SCALE] is None:
                 self._buffers[OUTPUT_SCALE] = torch.ones_like(state_dict[prefix + OUTPUT_SCALE])
-        smoothing = state_dict.get(prefix + INPUT_SMOOTHING)
-        if smoothing is not None and self._buffers.get(INPUT_SMOOTHING) is None:
-            self.register_buffer(INPUT_SMOOTHING, torch.ones_like(smoothing))
+        for name in (INPUT_SMOOTHING, INPUT_ROTATION):  # placeholders the load then fills
+            saved = state_dict.get(prefix + name)
+            if saved is not None and self._buffers.get(name) is None:
+                self.register_buffer(name, torch.ones_like(saved))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
