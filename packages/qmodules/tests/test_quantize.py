@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quanta.qmodules import QConv2d, QLinear, QModuleMixin, freeze, quantize
-from quanta.qtypes import qint4, qint8
+from quanta.qtypes import qfloat8_e4m3fn, qint4, qint8
 
 
 class Block(nn.Module):
@@ -78,6 +78,21 @@ def test_overrides_merge_in_order_and_none_leaves_a_module_float():
     assert type(model.lm_head) is nn.Linear
 
 
+def test_overrides_set_activations_per_module():
+    model = quantize(
+        block(),
+        weights="int8",
+        activations="int8",
+        overrides={"mlp.*": {"activations": None}, "conv": {"activations": "fp8"}},
+    )
+    assert model.attention.activation_qtype is qint8
+    assert model.mlp[0].activation_qtype is None and model.mlp[2].activation_qtype is None
+    assert model.conv.activation_qtype is qfloat8_e4m3fn
+    assert not hasattr(model.mlp[0], "input_scale") and hasattr(model.conv, "input_scale")
+    only = quantize(block(), weights="int8", overrides={"attention": {"activations": "int8"}})
+    assert only.attention.activation_qtype is qint8 and only.conv.activation_qtype is None
+
+
 @pytest.mark.parametrize(("in_features", "expected"), [(512, 128), (192, 64), (96, 32), (100, 100)])
 def test_default_group_size(in_features, expected):
     module = quantize(nn.Linear(in_features, 8), weights="int4")
@@ -127,6 +142,7 @@ INVALID_ARGUMENTS = [
     ({"overrides": {"mlp.*": {"bits": 4}}}, ValueError, "allowed keys"),
     ({"overrides": {"mlp.*": {"weights": "int5"}}}, ValueError, "overrides"),
     ({"overrides": {"mlp.*": {"group_size": "64"}}}, TypeError, "group_size"),
+    ({"overrides": {"mlp.*": {"activations": "int4"}}}, ValueError, r"overrides.*activations"),
     (
         {"overrides": {"lm_head": {"group_size": 96}}},
         ValueError,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -18,7 +18,7 @@ from quanta.qmodules.modules.base import QModuleMixin, quantize_module, quantize
 from quanta.qmodules.optimizers import WeightOptimizer, check_supports, to_weight_optimizer
 from quanta.qtypes import QType, qint8, to_qtype
 
-OVERRIDE_KEYS = ("weights", "group_size", "optimizer")
+OVERRIDE_KEYS = ("weights", "group_size", "optimizer", "activations")
 DEFAULT_GROUP_SIZES = (128, 64, 32)
 
 
@@ -27,6 +27,15 @@ class _ModuleConfig:
     weights: QType | None
     group_size: int | None
     optimizer: WeightOptimizer | None = None
+    activations: QType | None = None
+
+    def overridden(self, name: str, overrides: dict[str, dict[str, Any]]) -> _ModuleConfig:
+        """This config with every override whose pattern matches `name` merged in, in order."""
+        config = self
+        for pattern, override in overrides.items():
+            if fnmatchcase(name, pattern):
+                config = replace(config, **override)
+        return config
 
 
 def quantize(
@@ -43,8 +52,9 @@ def quantize(
     """Quantize the weights of `model`'s Linear and Conv2d modules in place; returns `model`.
 
     Modules are chosen by fnmatch patterns on qualified names (`exclude` wins over `include`);
-    `overrides` maps a pattern to {"weights": ..., "group_size": ...} merged over the defaults
-    in dict order (weights=None leaves the module float). `group_size` applies to 2/4-bit
+    `overrides` maps a pattern to {"weights", "group_size", "optimizer", "activations"} values
+    merged over the defaults in dict order (weights=None leaves the module float, activations=None
+    its activations). `group_size` applies to 2/4-bit
     weights; the default is 128, 64 or 32, whichever divides K first, else one group per row.
     `optimizer` (a WeightOptimizer or a name: "absmax", "minmax", "hqq", "gptq"; None is the
     default rule) chooses the stored weights at freeze; one that does not support a module's
@@ -67,6 +77,7 @@ def quantize(
     overrides = _check_overrides(overrides)
     optimizer = to_weight_optimizer(optimizer)
 
+    defaults = _ModuleConfig(weights, group_size, optimizer, activation_qtype)
     plan = []
     activation_only = []
     for name, module in model.named_modules():
@@ -76,41 +87,34 @@ def quantize(
             continue
         if exclude is not None and _matches(name, exclude):
             continue
+        config = defaults.overridden(name, overrides)
         if not quantizes_weight(quantized_base_for(type(module))):
-            if activation_qtype is not None:  # QLayerNorm: only its output is quantized
-                activation_only.append((name, module))
+            if config.activations is not None:  # QLayerNorm: only its output is quantized
+                activation_only.append((name, module, config.activations))
             continue
-        config = _ModuleConfig(weights, group_size, optimizer)
-        for pattern, override in overrides.items():
-            if fnmatchcase(name, pattern):
-                config = _ModuleConfig(
-                    override.get("weights", config.weights),
-                    override.get("group_size", config.group_size),
-                    override.get("optimizer", config.optimizer),
-                )
         if config.weights is None:
             continue
         check_supports(config.optimizer, config.weights, name or type(module).__name__)
-        plan.append(
-            (module, config.weights, _module_group_size(name, module, config), config.optimizer)
-        )
+        group = _module_group_size(name, module, config)
+        plan.append((name, module, config, group))
 
-    for module, qtype, module_group_size, module_optimizer in plan:
-        quantize_module(module, qtype, module_group_size, module_optimizer)
-    if activation_qtype is not None:
-        names = {module: name for name, module in model.named_modules()}
-        for module in [entry[0] for entry in plan] + [module for _, module in activation_only]:
-            quantize_module_activations(module, activation_qtype, activations_mode, names[module])
+    for _, module, config, group in plan:
+        quantize_module(module, config.weights, group, config.optimizer)
+    for name, module, config, _ in plan:
+        if config.activations is not None:
+            quantize_module_activations(module, config.activations, activations_mode, name)
+    for name, module, qtype in activation_only:
+        quantize_module_activations(module, qtype, activations_mode, name)
     return model
 
 
-def _check_activations(activations: Any) -> QType | None:
+def _check_activations(activations: Any, argument: str = "activations") -> QType | None:
     if activations is None:
         return None
-    qtype = to_qtype(activations, "activations")
+    qtype = to_qtype(activations, argument)
     if qtype.bits != 8:
         raise ValueError(
-            f"activations must be None or an 8-bit qtype (qint8, qfloat8...), got {qtype}"
+            f"{argument} must be None or an 8-bit qtype (qint8, qfloat8...), got {qtype}"
         )
     return qtype
 
@@ -176,6 +180,10 @@ def _check_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
             )
         if "optimizer" in override:
             entry["optimizer"] = to_weight_optimizer(override["optimizer"], f"{where}['optimizer']")
+        if "activations" in override:
+            entry["activations"] = _check_activations(
+                override["activations"], f"{where}['activations']"
+            )
         checked[pattern] = entry
     return checked
 
