@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import is_fake
 
-from quanta.qmodules.tensors.base import QTensor, dequantized_call
+from quanta.qmodules.tensors.base import QSymmetricTensor, dequantized_call
 from quanta.qmodules.tensors.straight_through import (
     straight_through_dequantize,
     straight_through_quantize,
@@ -46,25 +46,13 @@ _LAYOUT_OPS = (
 _VIEW_OPS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
-class QActivationTensor(QTensor):
+class QActivationTensor(QSymmetricTensor):
     """8-bit activation codes of any shape and a scale that broadcasts against them.
 
     The logical tensor is `codes * scale` in the scale's float dtype. A 0-d scale (static,
     calibrated) keeps the tensor quantized through layout ops; a per-token scale [..., 1]
     (dynamic) is meant for the next linear only, and any other op dequantizes it.
     """
-
-    inner_names = ("codes", "scale")
-    attribute_names = ("qtype",)
-
-    @staticmethod
-    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
-        return cls._make_wrapper(shape, scale, codes)
-
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
-        self.codes = codes
-        self.scale = scale
-        self.qtype = qtype
 
     @classmethod
     def quantize(cls, x: torch.Tensor, scale: torch.Tensor, qtype: QType) -> QActivationTensor:

@@ -154,6 +154,23 @@ class QTensor(torch.Tensor):
         return dequantized_call(func, args, kwargs)
 
 
+class QSymmetricTensor(QTensor):
+    """The base of 8-bit codes (int8 or float8) with a symmetric scale that broadcasts against
+    them: weights (QBytesTensor) and activations (QActivationTensor) share this storage."""
+
+    inner_names = ("codes", "scale")
+    attribute_names = ("qtype",)
+
+    @staticmethod
+    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, qtype: Any, shape: Any):
+        return cls._make_wrapper(shape, scale, codes)
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, qtype: Any, shape: Any):
+        self.codes = codes
+        self.scale = scale
+        self.qtype = qtype
+
+
 def dequantized_call(func: Any, args: tuple, kwargs: dict) -> Any:
     """Run `func` on the arguments with every QTensor dequantized (the generic fallback)."""
     args, kwargs = tree_map_only(QTensor, lambda t: t.dequantize(), (args, kwargs))

@@ -7,29 +7,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quanta.qmodules.tensors.base import QTensor, dequantized_call, linear_arguments
+from quanta.qmodules.tensors.base import (
+    QSymmetricTensor,
+    QTensor,
+    dequantized_call,
+    linear_arguments,
+)
 from quanta.qmodules.tensors.straight_through import needs_weight_grad, straight_through_linear
 from quanta.qtypes import QType, symmetric_scale
 
 
-class QBytesTensor(QTensor):
+class QBytesTensor(QSymmetricTensor):
     """8-bit codes [out, K] (int8 or float8) and a scale [out, 1] in the float dtype.
 
     The logical tensor is `(codes * scale).reshape(shape)`; K is the product of the
     logical shape past its first dimension (in_features, or in_channels/groups*kh*kw).
     """
-
-    inner_names = ("codes", "scale")
-    attribute_names = ("qtype",)
-
-    @staticmethod
-    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
-        return cls._make_wrapper(shape, scale, codes)
-
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, shape: Any):
-        self.codes = codes
-        self.scale = scale
-        self.qtype = qtype
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, qtype: QType) -> QBytesTensor:
