@@ -17,4 +17,6 @@ STABLE_TORCH_LIBRARY(quanta, m) {
   m.def(
       "linear_affine(Tensor input, Tensor packed, Tensor scale, Tensor zero_point, int bits,"
       " int group_size, Tensor? bias) -> Tensor");
+  // The instruction set the CPU kernels run with now (QUANTA_CPU_ISA can lower it).
+  m.def("cpu_isa() -> str");
 }

@@ -21,7 +21,7 @@ def test_every_op_is_registered_with_a_reference_and_a_fake():
 
 def test_public_api():
     assert quanta.qkernels.__version__ == "0.1.0"
-    assert set(quanta.qkernels.__all__) == {"OPS", "__version__", "reference"}
+    assert set(quanta.qkernels.__all__) == {"OPS", "__version__", "cpu_isa", "reference"}
 
 
 def test_import_loads_nothing_above_qkernels():

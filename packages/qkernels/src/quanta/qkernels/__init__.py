@@ -64,4 +64,14 @@ _register_python_kernels()
 
 from quanta.qkernels import reference  # noqa: E402
 
-__all__ = ["OPS", "__version__", "reference"]
+
+def cpu_isa() -> str:
+    """The instruction set the native CPU kernels use now: "avx512", "avx2" or "portable".
+
+    The widest one the processor has, unless the environment variable ``QUANTA_CPU_ISA`` names a
+    lower one (read on every kernel call, so it can be changed at run time).
+    """
+    return torch.ops.quanta.cpu_isa()
+
+
+__all__ = ["OPS", "__version__", "cpu_isa", "reference"]

@@ -1,0 +1,73 @@
+// Run-time choice of the CPU kernels' instruction set, and the quanta::cpu_isa op that reports it.
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <torch/csrc/stable/library.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include "qkernels/cpu_isa.h"
+
+namespace quanta::qkernels::cpu {
+
+namespace {
+
+constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512", "avx512_bf16"};
+
+Isa detect_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return Isa::kAvx2;
+  }
+#endif
+  return Isa::kPortable;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa best = detect_isa();
+  return best;
+}
+
+const char* isa_name(Isa isa) {
+  return kIsaNames[static_cast<int>(isa)];
+}
+
+Isa active_isa() {
+  const Isa best = best_isa();
+  const char* forced = std::getenv("QUANTA_CPU_ISA");
+  if (forced == nullptr || forced[0] == '\0') {
+    return best;
+  }
+  for (int i = 0; i <= static_cast<int>(Isa::kAvx512Bf16); ++i) {
+    if (std::strcmp(forced, kIsaNames[i]) == 0) {
+      // A variable can only lower the instruction set: the processor may lack a wider one.
+      return i < static_cast<int>(best) ? static_cast<Isa>(i) : best;
+    }
+  }
+  STD_TORCH_CHECK(
+      false, "quanta: QUANTA_CPU_ISA must be one of (portable, avx2, avx512, avx512_bf16), got '",
+      forced, "'");
+  return best;
+}
+
+}  // namespace quanta::qkernels::cpu
+
+namespace {
+
+std::string cpu_isa() {
+  return quanta::qkernels::cpu::isa_name(quanta::qkernels::cpu::active_isa());
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(quanta, CompositeExplicitAutograd, m) {
+  m.impl("cpu_isa", TORCH_BOX(&cpu_isa));
+}

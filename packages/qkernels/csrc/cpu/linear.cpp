@@ -1,0 +1,354 @@
+// quanta::linear_symmetric and quanta::linear_affine on the CPU: the stable-ABI binding of the
+// kernels of linear_kernels_impl.h.
+//
+// Up to kDecodeMaxRows activation rows take the decode kernel (weights streamed once, decoded in
+// registers, fp32 accumulation). More rows take the prefill path: the weight is dequantized to
+// the activation dtype by the native dequantizer and multiplied by aten::linear (oneDNN, AMX where
+// present). Inputs no native path covers (float64 activations, fnuz float8 codes, empty shapes)
+// go through the reference ops, so every call gives the documented result.
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <vector>
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "linear_checks.h"
+#include "qkernels/cpu_isa.h"
+#include "qkernels/linear_cpu.h"
+
+namespace {
+
+using quanta::qkernels::cpu::Bf16DecodeProblem;
+using quanta::qkernels::cpu::DecodeProblem;
+using quanta::qkernels::cpu::Isa;
+using quanta::qkernels::cpu::LinearKernels;
+using quanta::qkernels::cpu::OutputDtype;
+using quanta::qkernels::cpu::WeightFormat;
+using quanta::qkernels::cpu::WeightView;
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+constexpr int64_t kDecodeMaxRows = 16;
+// Minimum weight bytes per parallel task: smaller layers run on one thread.
+constexpr int64_t kGrainBytes = 1 << 15;
+// Bytes of dequantized weight per block of the prefill path: large enough that aten::mm runs at
+// full speed (measured: 1 MiB blocks cost ~15% more than 8 MiB ones on 512 x 4096 x 4096).
+constexpr int64_t kPrefillBlockBytes = 1 << 23;
+
+const LinearKernels& kernels(Isa isa) {
+  switch (isa) {
+#ifdef QKERNELS_X86_KERNELS
+    case Isa::kAvx512Bf16:
+      return quanta::qkernels::cpu::avx512_bf16::kLinearKernels;
+    case Isa::kAvx512:
+      return quanta::qkernels::cpu::avx512::kLinearKernels;
+    case Isa::kAvx2:
+      return quanta::qkernels::cpu::avx2::kLinearKernels;
+#endif
+    default:
+      return quanta::qkernels::cpu::portable::kLinearKernels;
+  }
+}
+
+// Calls a registered op through the dispatcher and returns its single tensor output.
+template <size_t N>
+Tensor call_op(const char* name, const char* overload, std::array<StableIValue, N> stack) {
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION));
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+template <class T>
+StableIValue box(const T& value) {
+  return torch::stable::detail::from(value);
+}
+
+std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtype) {
+  return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
+}
+
+// Small tensors (activations of the decode path, scales, zeros, bias, outputs) are converted here,
+// on the calling thread: torch splits a conversion of more than 32K elements over the intra-op
+// pool, and waking the pool costs more than the copy.
+template <class From, class To>
+void convert(const void* in, void* out, int64_t count) {
+  const From* src = static_cast<const From*>(in);
+  To* dst = static_cast<To*>(out);
+  for (int64_t i = 0; i < count; ++i) {
+    dst[i] = static_cast<To>(static_cast<float>(src[i]));
+  }
+}
+
+// A contiguous float32 copy of t (t itself when it already is one).
+Tensor float32_contiguous(const Tensor& t) {
+  const Tensor src = torch::stable::contiguous(t);
+  if (src.scalar_type() == ScalarType::Float) {
+    return src;
+  }
+  const std::vector<int64_t> sizes(src.sizes().begin(), src.sizes().end());
+  Tensor out = torch::stable::new_empty(src, sizes, ScalarType::Float);
+  const void* in = src.const_data_ptr();
+  switch (src.scalar_type()) {
+    case ScalarType::BFloat16:
+      convert<c10::BFloat16, float>(in, out.mutable_data_ptr(), src.numel());
+      break;
+    case ScalarType::Half:
+      convert<c10::Half, float>(in, out.mutable_data_ptr(), src.numel());
+      break;
+    case ScalarType::Byte:
+      convert<uint8_t, float>(in, out.mutable_data_ptr(), src.numel());
+      break;
+    default:
+      return torch::stable::to(src, ScalarType::Float);
+  }
+  return out;
+}
+
+// A contiguous float32 tensor converted to dtype (float32, bfloat16 or float16).
+Tensor float32_to(const Tensor& t, ScalarType dtype) {
+  if (dtype == ScalarType::Float) {
+    return t;
+  }
+  const std::vector<int64_t> sizes(t.sizes().begin(), t.sizes().end());
+  Tensor out = torch::stable::new_empty(t, sizes, dtype);
+  if (dtype == ScalarType::BFloat16) {
+    convert<float, c10::BFloat16>(t.const_data_ptr(), out.mutable_data_ptr(), t.numel());
+  } else {
+    convert<float, c10::Half>(t.const_data_ptr(), out.mutable_data_ptr(), t.numel());
+  }
+  return out;
+}
+
+// A weight the native kernels read, with the tensors that own its memory.
+struct NativeWeight {
+  WeightView view;
+  Tensor codes;
+  Tensor scale;
+  std::optional<Tensor> zero;
+};
+
+std::optional<OutputDtype> output_dtype(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::Float: return OutputDtype::kFloat32;
+    case ScalarType::BFloat16: return OutputDtype::kBFloat16;
+    case ScalarType::Half: return OutputDtype::kFloat16;
+    default: return std::nullopt;
+  }
+}
+
+int64_t grain_rows(int64_t row_bytes) {
+  return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
+}
+
+// Sums of every activation row over every group of k: the zero-point term of the decode kernel.
+Tensor group_sums(const Tensor& x, int64_t m, int64_t k, int64_t group_size) {
+  const int64_t groups = k / group_size;
+  Tensor sums = torch::stable::new_empty(x, {m, groups});
+  const float* in = x.const_data_ptr<float>();
+  float* out = sums.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < m * groups; ++i) {
+    float total = 0.0f;
+    for (int64_t j = 0; j < group_size; ++j) {
+      total += in[i * group_size + j];
+    }
+    out[i] = total;
+  }
+  return sums;
+}
+
+// input [m, k] (m <= kDecodeMaxRows) against the weight: fp32 in, fp32 accumulate, fp32 out.
+Tensor decode_fp32(const Tensor& input2d, const WeightView& view, const Tensor& bias32, Isa isa) {
+  const int64_t m = input2d.size(0);
+  const Tensor x = float32_contiguous(input2d);
+  Tensor out = torch::stable::new_empty(x, {m, view.n});
+  std::optional<Tensor> sums;
+  if (view.zero != nullptr) {
+    sums = group_sums(x, m, view.k, view.group_size);
+  }
+  const DecodeProblem problem{
+      view,
+      x.const_data_ptr<float>(),
+      sums.has_value() ? sums->const_data_ptr<float>() : nullptr,
+      m,
+      bias32.const_data_ptr<float>(),
+      out.mutable_data_ptr<float>()};
+  const LinearKernels& impl = kernels(isa);
+  const auto columns = [&](int64_t begin, int64_t end) { impl.decode(problem, begin, end); };
+  torch::stable::parallel_for(0, view.n, grain_rows(view.row_bytes * m), columns);
+  return out;
+}
+
+#ifdef QKERNELS_X86_KERNELS
+// The same for bfloat16 activations and 4-bit weights on AVX512-BF16 (Bf16DecodeProblem).
+Tensor decode_bf16_uint4(const Tensor& input2d, const WeightView& view, const Tensor& bias32) {
+  const int64_t m = input2d.size(0);
+  const int64_t k = view.k;
+  // Each 64-value chunk as its 32 even-index values, then its 32 odd-index ones.
+  const Tensor x = torch::stable::contiguous(torch::stable::transpose(
+      torch::stable::reshape(input2d, {m, k / 64, 32, 2}), 2, 3));
+  const Tensor sums = group_sums(float32_contiguous(input2d), m, k, view.group_size);
+  Tensor out = torch::stable::new_empty(input2d, {m, view.n}, ScalarType::Float);
+  const Bf16DecodeProblem problem{
+      view,
+      static_cast<const uint16_t*>(x.const_data_ptr()),
+      sums.const_data_ptr<float>(),
+      m,
+      bias32.const_data_ptr<float>(),
+      out.mutable_data_ptr<float>()};
+  const auto columns = [&](int64_t begin, int64_t end) {
+    quanta::qkernels::cpu::avx512_bf16::decode_uint4(problem, begin, end);
+  };
+  torch::stable::parallel_for(0, view.n, grain_rows(view.row_bytes * m), columns);
+  return out;
+}
+#endif
+
+// The decode path: the bfloat16 dot-product kernel where it applies, else the fp32 one.
+Tensor linear_decode(
+    const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
+  // A zero bias keeps the kernels free of a branch per output.
+  const Tensor bias32 = bias.has_value()
+      ? float32_contiguous(*bias)
+      : torch::stable::new_zeros(input2d, {view.n}, ScalarType::Float);
+  const Isa isa = quanta::qkernels::cpu::active_isa();
+#ifdef QKERNELS_X86_KERNELS
+  if (isa == Isa::kAvx512Bf16 && input2d.scalar_type() == ScalarType::BFloat16 &&
+      view.format == WeightFormat::kUInt4 && view.group_size % 64 == 0) {
+    return float32_to(decode_bf16_uint4(input2d, view, bias32), ScalarType::BFloat16);
+  }
+#endif
+  return float32_to(decode_fp32(input2d, view, bias32, isa), input2d.scalar_type());
+}
+
+// Rows [n0, n0 + rows) of a weight, as a weight of their own.
+WeightView weight_rows(const WeightView& view, int64_t n0, int64_t rows) {
+  const int64_t groups = view.k / view.group_size;
+  WeightView block = view;
+  block.codes += n0 * view.row_bytes;
+  block.scale += n0 * groups;
+  block.zero = view.zero != nullptr ? view.zero + n0 * groups : nullptr;
+  block.n = rows;
+  return block;
+}
+
+// The prefill path, for input [m, k] with m > kDecodeMaxRows: the weight is dequantized a block
+// of rows at a time (kPrefillBlockBytes) into one buffer, and each block is multiplied by aten::mm
+// (oneDNN, AMX where present) into its columns of out = x @ weightᵀ. The whole float weight is
+// never held, and a block is still in cache when aten::mm reads it.
+Tensor linear_prefill(
+    const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
+  const ScalarType dtype = input2d.scalar_type();
+  const int64_t m = input2d.size(0);
+  const int64_t k = view.k;
+  const int64_t element_bytes = dtype == ScalarType::Float ? 4 : 2;
+  const int64_t block_rows = std::max<int64_t>(16, kPrefillBlockBytes / (k * element_bytes));
+  Tensor buffer = torch::stable::new_empty(input2d, {std::min(block_rows, view.n), k});
+  Tensor block_out = torch::stable::new_empty(input2d, {m, std::min(block_rows, view.n)});
+  Tensor out = torch::stable::new_empty(input2d, {m, view.n});
+  const OutputDtype out_dtype = *output_dtype(dtype);
+  const LinearKernels& impl = kernels(quanta::qkernels::cpu::active_isa());
+  void* buffer_ptr = buffer.mutable_data_ptr();
+  for (int64_t n0 = 0; n0 < view.n; n0 += block_rows) {
+    const int64_t rows = std::min(block_rows, view.n - n0);
+    const WeightView block = weight_rows(view, n0, rows);
+    const auto dequantize = [&](int64_t begin, int64_t end) {
+      impl.dequantize(block, out_dtype, buffer_ptr, begin, end);
+    };
+    torch::stable::parallel_for(0, rows, grain_rows(view.row_bytes), dequantize);
+    // aten::mm into a contiguous block (its fast path), then into the block's columns of out.
+    if (rows < block_rows) {
+      block_out = torch::stable::new_empty(input2d, {m, rows});
+    }
+    const Tensor weight = torch::stable::narrow(buffer, 0, 0, rows);
+    const Tensor weight_t = torch::stable::transpose(weight, 0, 1);
+    call_op<3>("aten::mm", "out", {box(input2d), box(weight_t), box(block_out)});
+    Tensor out_columns = torch::stable::narrow(out, 1, n0, rows);
+    torch::stable::copy_(out_columns, block_out);
+  }
+  // out - (-1) * bias: the stable ABI's one elementwise add.
+  if (!bias.has_value()) {
+    return out;
+  }
+  return torch::stable::subtract(out, torch::stable::to(*bias, dtype), -1.0);
+}
+
+Tensor linear_native(
+    const Tensor& input, const NativeWeight& w, const std::optional<Tensor>& bias) {
+  const int64_t k = w.view.k;
+  const int64_t m = input.numel() / k;
+  std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
+  out_sizes.back() = w.view.n;
+  const Tensor input2d = torch::stable::contiguous(torch::stable::reshape(input, {m, k}));
+  const Tensor out = m > kDecodeMaxRows ? linear_prefill(input2d, w.view, bias)
+                                        : linear_decode(input2d, w.view, bias);
+  return torch::stable::reshape(out, out_sizes);
+}
+
+// The native kernels cover float32/bfloat16/float16 activations and a non-empty problem.
+bool native_input(const Tensor& input, int64_t n, int64_t k) {
+  return output_dtype(input.scalar_type()).has_value() && input.numel() > 0 && n > 0 && k > 0;
+}
+
+std::optional<WeightFormat> symmetric_format(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::Char: return WeightFormat::kInt8;
+    case ScalarType::Float8_e4m3fn: return WeightFormat::kFloat8E4M3;
+    case ScalarType::Float8_e5m2: return WeightFormat::kFloat8E5M2;
+    default: return std::nullopt;
+  }
+}
+
+Tensor linear_symmetric_cpu(
+    const Tensor& input, const Tensor& codes, const Tensor& scale, std::optional<Tensor> bias) {
+  quanta::qkernels::cpu::check_linear_symmetric(input, codes, scale, bias);
+  const int64_t n = codes.size(0);
+  const int64_t k = codes.size(1);
+  const auto format = symmetric_format(codes.scalar_type());
+  if (!format.has_value() || !native_input(input, n, k)) {
+    const Tensor weight = call_op<3>(
+        "quanta::dequantize_symmetric", "", {box(codes), box(scale), box(input.scalar_type())});
+    return call_op<3>(
+        "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
+  }
+  NativeWeight w{{}, torch::stable::contiguous(codes), float32_contiguous(scale), std::nullopt};
+  w.view = {*format, static_cast<const uint8_t*>(w.codes.const_data_ptr()), n, k, k, k,
+            w.scale.const_data_ptr<float>(), nullptr};
+  return linear_native(input, w, bias);
+}
+
+Tensor linear_affine_cpu(
+    const Tensor& input, const Tensor& packed, const Tensor& scale, const Tensor& zero_point,
+    int64_t bits, int64_t group_size, std::optional<Tensor> bias) {
+  quanta::qkernels::cpu::check_linear_affine(
+      input, packed, scale, zero_point, bits, group_size, bias);
+  const int64_t n = packed.size(0);
+  const int64_t k = input.size(input.dim() - 1);
+  if (!native_input(input, n, k)) {
+    const Tensor codes = call_op<3>("quanta::unpack", "", {box(packed), box(bits), box(k)});
+    const Tensor weight = call_op<5>(
+        "quanta::dequantize_affine", "",
+        {box(codes), box(scale), box(zero_point), box(group_size), box(input.scalar_type())});
+    return call_op<3>(
+        "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
+  }
+  NativeWeight w{
+      {}, torch::stable::contiguous(packed), float32_contiguous(scale),
+      float32_contiguous(zero_point)};
+  const WeightFormat format = bits == 4 ? WeightFormat::kUInt4 : WeightFormat::kUInt2;
+  w.view = {format, w.codes.const_data_ptr<uint8_t>(), n, k, packed.size(1), group_size,
+            w.scale.const_data_ptr<float>(), w.zero->const_data_ptr<float>()};
+  return linear_native(input, w, bias);
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(quanta, CPU, m) {
+  m.impl("linear_symmetric", TORCH_BOX(&linear_symmetric_cpu));
+  m.impl("linear_affine", TORCH_BOX(&linear_affine_cpu));
+}

@@ -1,0 +1,101 @@
+// AVX-512 vector operations of the linear kernels: 16 fp32 lanes, codes decoded 32 at a time.
+// Include only from a file compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "weight_codes.h"
+
+namespace quanta::qkernels::cpu {
+namespace {
+
+struct Avx512 {
+  using F = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr int kMaxRows = 8;  // 3 * 8 accumulators fit the 32 registers
+  static constexpr int kStreams = 4;  // 4 weight rows x 2 activation rows fit too
+  struct Pair {  // codes k .. k + 15 and k + 16 .. k + 31, as floats
+    F lo, hi;
+  };
+
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float value) { return _mm512_set1_ps(value); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(F v) { return _mm512_reduce_add_ps(v); }
+
+  static F int32_to_float(__m512i v) { return _mm512_cvtepi32_ps(v); }
+
+  // The 16 float8 codes of `bytes` as floats. e5m2 is the high byte of an IEEE half. e4m3 codes,
+  // sign-extended to 16 bits and shifted left by 7, are a half (once bit 14, a copy of the sign,
+  // is cleared) that reads as value / 2^8, subnormals included: exponent bias 15 instead of 7.
+  template <WeightFormat Format>
+  static F float8_to_float(__m128i bytes) {
+    if constexpr (Format == WeightFormat::kFloat8E5M2) {
+      return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8));
+    } else {
+      const __m256i half = _mm256_and_si256(
+          _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7), _mm256_set1_epi16(-0x4001));
+      return _mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.0f));
+    }
+  }
+
+  // Codes k .. k + 31 of a row; k * bits is a multiple of 8.
+  template <WeightFormat Format>
+  static Pair decode(const uint8_t* row, int64_t k) {
+    if constexpr (Format == WeightFormat::kInt8) {
+      const auto* p = reinterpret_cast<const __m128i*>(row + k);
+      return {int32_to_float(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
+              int32_to_float(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)))};
+    } else if constexpr (Format == WeightFormat::kUInt4) {
+      // Byte i holds codes 2i (low nibble) and 2i + 1: split the nibbles, interleave them back.
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
+      const __m128i mask = _mm_set1_epi8(0x0F);
+      const __m128i even = _mm_and_si128(bytes, mask);
+      const __m128i odd = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+      return {int32_to_float(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(even, odd))),
+              int32_to_float(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(even, odd)))};
+    } else if constexpr (Format == WeightFormat::kUInt2) {
+      // Each 32-bit word holds 16 codes: broadcast it and shift each lane to its own code.
+      uint32_t words[2];
+      std::memcpy(words, row + k / 4, sizeof(words));
+      const __m512i shifts =
+          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i mask = _mm512_set1_epi32(3);
+      const auto lanes = [&](uint32_t word) {
+        const __m512i codes = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), shifts);
+        return int32_to_float(_mm512_and_si512(codes, mask));
+      };
+      return {lanes(words[0]), lanes(words[1])};
+    } else {
+      const auto* p = reinterpret_cast<const __m128i*>(row + k);
+      return {float8_to_float<Format>(_mm_loadu_si128(p)),
+              float8_to_float<Format>(_mm_loadu_si128(p + 1))};
+    }
+  }
+
+  static void store(float* out, F v) { _mm512_storeu_ps(out, v); }
+  static void store(BFloat16Bits* out, F v) {
+    // Round to nearest even on the bits (dequantized weights are finite).
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded =
+        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  }
+  static void store(Float16Bits* out, F v) {
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out),
+        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+
+}  // namespace
+}  // namespace quanta::qkernels::cpu

@@ -1,0 +1,125 @@
+// Scalar reading of one weight code and scalar float conversions, shared by every instruction-set
+// variant of the linear kernels (tails of vector loops, and the whole portable path).
+//
+// Everything here has internal linkage on purpose: each kernel file is compiled with its own
+// instruction-set flags, and an inline function with external linkage could be merged across
+// them by the linker, running AVX-512 code on a processor without it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "qkernels/linear_cpu.h"
+
+namespace quanta::qkernels::cpu {
+namespace {
+
+// Destinations of a dequantized weight in 16-bit float formats, as raw bits.
+struct BFloat16Bits {
+  uint16_t bits;
+};
+struct Float16Bits {
+  uint16_t bits;
+};
+
+inline uint32_t float_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+inline float bits_float(uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// float8 bits to float: e4m3fn (bias 7, no infinities, S.1111.111 is NaN) or e5m2 (IEEE-like).
+template <WeightFormat Format>
+inline float float8_value(uint8_t code) {
+  constexpr bool e4m3 = Format == WeightFormat::kFloat8E4M3;
+  constexpr int mantissa_bits = e4m3 ? 3 : 2;
+  constexpr int bias = e4m3 ? 7 : 15;
+  constexpr int exponent_max = e4m3 ? 15 : 31;
+  const int exponent = (code & 0x7F) >> mantissa_bits;
+  const int mantissa = code & ((1 << mantissa_bits) - 1);
+  const float sign = (code & 0x80) ? -1.0f : 1.0f;
+  if (exponent == exponent_max && (!e4m3 || mantissa == 7)) {
+    return (e4m3 || mantissa != 0) ? __builtin_nanf("") : sign * __builtin_inff();
+  }
+  if (exponent == 0) {  // subnormal: mantissa * 2^(1 - bias - mantissa_bits)
+    return sign * __builtin_ldexpf(static_cast<float>(mantissa), 1 - bias - mantissa_bits);
+  }
+  const float significand = static_cast<float>(mantissa + (1 << mantissa_bits));
+  return sign * __builtin_ldexpf(significand, exponent - bias - mantissa_bits);
+}
+
+// float8_value of every byte, computed once: the portable path reads float8 codes from here.
+template <WeightFormat Format>
+inline const float* float8_table() {
+  static const auto table = [] {
+    struct Table {
+      float values[256];
+    } t;
+    for (int code = 0; code < 256; ++code) {
+      t.values[code] = float8_value<Format>(static_cast<uint8_t>(code));
+    }
+    return t;
+  }();
+  return table.values;
+}
+
+// Code k of a weight row, as a float (before zero and scale).
+template <WeightFormat Format>
+inline float code_value(const uint8_t* row, int64_t k) {
+  if constexpr (Format == WeightFormat::kInt8) {
+    return static_cast<float>(static_cast<int8_t>(row[k]));
+  } else if constexpr (Format == WeightFormat::kUInt4) {
+    return static_cast<float>((row[k / 2] >> ((k % 2) * 4)) & 0xF);
+  } else if constexpr (Format == WeightFormat::kUInt2) {
+    return static_cast<float>((row[k / 4] >> ((k % 4) * 2)) & 0x3);
+  } else {
+    return float8_table<Format>()[row[k]];
+  }
+}
+
+// float to bfloat16, rounding to nearest even (NaN stays NaN).
+inline uint16_t bfloat16_bits(float value) {
+  const uint32_t bits = float_bits(value);
+  if ((bits & 0x7FFFFFFF) > 0x7F800000) {
+    return static_cast<uint16_t>((bits >> 16) | 0x40);
+  }
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+// float to IEEE half, rounding to nearest even, with subnormals, infinities and NaN
+// (the branch-free method of the FP16 library by M. Dukhan).
+inline uint16_t float16_bits(float value) {
+  const float scale_to_inf = bits_float(0x77800000);   // 2^112
+  const float scale_to_zero = bits_float(0x08800000);  // 2^-110
+  float base = (__builtin_fabsf(value) * scale_to_inf) * scale_to_zero;
+  const uint32_t w = float_bits(value);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) {
+    bias = 0x71000000u;
+  }
+  base = bits_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = float_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+inline void store_scalar(float* out, float value) {
+  *out = value;
+}
+inline void store_scalar(BFloat16Bits* out, float value) {
+  out->bits = bfloat16_bits(value);
+}
+inline void store_scalar(Float16Bits* out, float value) {
+  out->bits = float16_bits(value);
+}
+
+}  // namespace
+}  // namespace quanta::qkernels::cpu

@@ -1,0 +1,79 @@
+// Torch-free CPU kernels of the weight-only linear ops (quanta::linear_symmetric and
+// quanta::linear_affine): a decode kernel for a few activation rows, and a weight dequantizer
+// for the prefill path (dequantize, then a dense matmul).
+#pragma once
+
+#include <cstdint>
+
+namespace quanta::qkernels::cpu {
+
+// How one weight code is stored. Symmetric formats hold one byte per code; affine ones hold
+// unsigned codes packed low bits first (the layout of quanta::pack).
+enum class WeightFormat : int { kInt8, kFloat8E4M3, kFloat8E5M2, kUInt4, kUInt2 };
+
+constexpr int weight_bits(WeightFormat format) {
+  return format == WeightFormat::kUInt4 ? 4 : format == WeightFormat::kUInt2 ? 2 : 8;
+}
+
+// A quantized weight [n, k]: value = (code - zero) * scale, with one scale (and zero) per group
+// of group_size codes along k. Symmetric weights have one group per row and no zero.
+struct WeightView {
+  WeightFormat format;
+  const uint8_t* codes;  // [n, row_bytes]
+  int64_t n;
+  int64_t k;
+  int64_t row_bytes;
+  int64_t group_size;   // divides k
+  const float* scale;   // [n, k / group_size]
+  const float* zero;    // [n, k / group_size], or nullptr for 0
+};
+
+// out[m, n] = sum_k x[m, k] * weight[n, k] + bias[n], all fp32, for m rows and the columns
+// [n_begin, n_end); every weight row is read once for all m rows.
+struct DecodeProblem {
+  WeightView weight;
+  const float* x;           // [m, k]
+  const float* group_sums;  // [m, k / group_size]: sums of x per group (read when zero is set)
+  int64_t m;
+  const float* bias;        // [n]
+  float* out;               // [m, n]
+};
+
+// The decode problem for bfloat16 activations and 4-bit weights whose groups are multiples of 64
+// codes, on AVX512-BF16: x holds bfloat16 bits, each 64-code chunk of a row stored as its 32
+// even-index values, then its 32 odd-index ones (the order the kernel unpacks nibbles in).
+struct Bf16DecodeProblem {
+  WeightView weight;        // kUInt4, with zero
+  const uint16_t* x;        // [m, k], chunks deinterleaved
+  const float* group_sums;  // [m, k / group_size]
+  int64_t m;
+  const float* bias;        // [n]
+  float* out;               // [m, n]
+};
+
+
+// Where a dequantized weight goes: rows [n_begin, n_end) of a [n, k] array of this dtype.
+enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
+
+// One implementation of each kernel per instruction set (csrc/cpu/linear_kernels_<isa>.cpp).
+struct LinearKernels {
+  void (*decode)(const DecodeProblem& problem, int64_t n_begin, int64_t n_end);
+  void (*dequantize)(
+      const WeightView& weight, OutputDtype dtype, void* out, int64_t n_begin, int64_t n_end);
+};
+
+namespace portable {
+extern const LinearKernels kLinearKernels;
+}
+namespace avx2 {
+extern const LinearKernels kLinearKernels;
+}
+namespace avx512 {
+extern const LinearKernels kLinearKernels;
+}
+namespace avx512_bf16 {
+extern const LinearKernels kLinearKernels;
+void decode_uint4(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
+}
+
+}  // namespace quanta::qkernels::cpu

@@ -1,0 +1,130 @@
+"""The native CPU linear kernels against the reference, under every instruction-set path.
+
+Sizes are odd on purpose: N and K not multiples of 16 or 64, groups whose codes do not fill the
+vector loop (tails), 2-bit groups that do not start on a byte, and M on both sides of the decode /
+prefill switch (16 rows).
+"""
+
+import pytest
+import torch
+
+import quanta.qkernels
+from quanta.qkernels import reference
+
+ISAS = ["avx512_bf16", "avx512", "avx2", "portable"]
+FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ROWS = [1, 3, 17, 256]  # decode (<= 16 rows) and prefill
+N = 37
+# (rtol, atol) against the reference evaluated in float64. Outputs are O(1) (weights of
+# O(1 / sqrt(K))); the error is the output's rounding to its dtype, plus, on the prefill path,
+# the weight's rounding to the input dtype (bf16: 2^-9 relative), summed over K random terms.
+TOLERANCE = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (3e-3, 3e-3),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+@pytest.fixture(params=ISAS)
+def cpu_isa(request, monkeypatch) -> str:
+    """Run the test with QUANTA_CPU_ISA forcing one path; skip paths the processor lacks."""
+    monkeypatch.setenv("QUANTA_CPU_ISA", request.param)
+    if quanta.qkernels.cpu_isa() != request.param:
+        pytest.skip(f"this processor has no {request.param}")
+    torch.manual_seed(0)
+    return request.param
+
+
+def assert_matches_reference(out, expected, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    assert out.dtype == dtype and out.shape == expected.shape
+    torch.testing.assert_close(out.double(), expected, rtol=rtol, atol=atol)
+
+
+def symmetric_codes(codes_dtype, k):
+    if codes_dtype == torch.int8:
+        return torch.randint(-127, 128, (N, k), dtype=torch.int8)
+    return (torch.randn(N, k) * 64).to(codes_dtype)  # every exponent, subnormals included
+
+
+@pytest.mark.parametrize(
+    "codes_dtype", [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2], ids=str
+)
+@pytest.mark.parametrize("rows", ROWS)
+def test_linear_symmetric(cpu_isa, codes_dtype, rows):
+    k = 211
+    codes = symmetric_codes(codes_dtype, k)
+    amax = codes.float().abs().amax(dim=1, keepdim=True)
+    scale = (torch.rand(N, 1) + 0.5) / (amax * k**0.5)
+    for dtype in FLOAT_DTYPES:
+        input = torch.randn(rows, k, dtype=dtype)
+        bias = torch.randn(N, dtype=dtype)
+        out = torch.ops.quanta.linear_symmetric(input, codes, scale, bias)
+        expected = reference.linear_symmetric(input.double(), codes, scale.double(), bias.double())
+        assert_matches_reference(out, expected, dtype)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("group_size", [32, 64, 128, 24, 10])
+@pytest.mark.parametrize("rows", ROWS)
+def test_linear_affine(cpu_isa, bits, group_size, rows):
+    groups = 3
+    k = group_size * groups
+    codes = torch.randint(0, 2**bits, (N, k), dtype=torch.uint8)
+    packed = torch.ops.quanta.pack(codes, bits)
+    scale = (torch.rand(N, groups) + 0.5) / (2**bits * k**0.5)
+    zero_points = {
+        "uint8": torch.randint(0, 2**bits, (N, groups), dtype=torch.uint8),
+        "float": torch.rand(N, groups) * (2**bits - 1),
+    }
+    for dtype in FLOAT_DTYPES:
+        for zero_point in zero_points.values():
+            input = torch.randn(rows, k, dtype=dtype)
+            bias = torch.randn(N, dtype=dtype)
+            args = (packed, scale, zero_point, bits, group_size)
+            out = torch.ops.quanta.linear_affine(input, *args, bias)
+            expected = reference.linear_affine(
+                input.double(), packed, scale.double(), zero_point, bits, group_size, bias.double()
+            )
+            assert_matches_reference(out, expected, dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_opcheck_linear_ops(cpu_isa, rows):
+    k, group_size = 96, 32
+    input = torch.randn(rows, k)
+    codes = symmetric_codes(torch.int8, k)
+    scale = torch.rand(N, 1) / 127
+    packed = torch.ops.quanta.pack(torch.randint(0, 16, (N, k), dtype=torch.uint8), 4)
+    group_scale = torch.rand(N, k // group_size) / 16
+    zero_point = torch.randint(0, 16, (N, k // group_size), dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.quanta.linear_symmetric.default, (input, codes, scale, None))
+    torch.library.opcheck(
+        torch.ops.quanta.linear_affine.default,
+        (input, packed, group_scale, zero_point, 4, group_size, None),
+    )
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    input = torch.randn(3, 256)
+    codes = symmetric_codes(torch.int8, 256)
+    scale = torch.rand(N, 1) / 127
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.quanta.linear_symmetric(input, codes, scale, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, torch.ops.quanta.linear_symmetric(input, codes, scale, None))
+
+
+def test_cpu_isa_can_only_be_lowered(monkeypatch):
+    best = quanta.qkernels.cpu_isa()
+    assert best in ISAS
+    monkeypatch.setenv("QUANTA_CPU_ISA", "portable")
+    assert quanta.qkernels.cpu_isa() == "portable"
+    monkeypatch.setenv("QUANTA_CPU_ISA", ISAS[0])
+    assert quanta.qkernels.cpu_isa() == best  # a wider set than the processor has is not used
+    monkeypatch.setenv("QUANTA_CPU_ISA", "sse")
+    with pytest.raises(RuntimeError, match=r"QUANTA_CPU_ISA must be one of \(portable, avx2"):
+        quanta.qkernels.cpu_isa()
