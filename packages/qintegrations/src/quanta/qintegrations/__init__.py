@@ -1,5 +1,20 @@
-"""quanta.qintegrations: the `quanta` command line and the real-model demo."""
+"""quanta.qintegrations: Transformers and Diffusers integrations, the `quanta` CLI, the demo."""
+
+import importlib
+
+from quanta.qintegrations.post_import import when_imported
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# QuantaConfig's quant_method "quanta" is registered the moment Transformers' (or Diffusers')
+# quantizers load.
+when_imported(
+    "transformers.quantizers.auto",
+    lambda: importlib.import_module("quanta.qintegrations.transformers"),
+)
+when_imported(
+    "diffusers.quantizers.auto",
+    lambda: importlib.import_module("quanta.qintegrations.diffusers"),
+)

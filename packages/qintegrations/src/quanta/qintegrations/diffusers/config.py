@@ -1,0 +1,50 @@
+"""QuantaConfig for Diffusers: the shared quanta settings on Diffusers' config mixin."""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+
+from diffusers.quantizers.quantization_config import QuantizationConfigMixin
+from safetensors import safe_open
+
+from quanta.qintegrations.settings import QUANT_METHOD, QuantaSettings
+
+# The safetensors metadata entry where save_pretrained writes the whole QuantaConfig (JSON).
+METADATA_KEY = "quanta.quantization_config"
+
+
+class QuantaMethod(str, Enum):
+    """Diffusers reads `quant_method.value`: the method is a str Enum member there."""
+
+    QUANTA = QUANT_METHOD
+
+
+class QuantaConfig(QuantaSettings, QuantizationConfigMixin):
+    """How a Diffusers `from_pretrained` quantizes a float checkpoint with quanta, and how a saved
+    one was; arguments and checks are those of `QuantaSettings` (shared with Transformers).
+
+    `modules_to_not_convert` are fnmatch patterns on module names (None: every Linear and Conv2d
+    is quantized).
+    """
+
+    method = QuantaMethod.QUANTA
+
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike) -> QuantaConfig:
+        """The config that `save_pretrained` wrote into a quanta safetensors file's metadata."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        with safe_open(os.fspath(path), framework="pt") as file:
+            text = (file.metadata() or {}).get(METADATA_KEY)
+        if text is None:
+            raise ValueError(
+                f"{os.fspath(path)} has no '{METADATA_KEY}' metadata: it was not written by "
+                "save_pretrained of a Diffusers model quantized with quanta"
+            )
+        return cls.from_dict(json.loads(text))
+
+    def to_diff_dict(self) -> dict:
+        """Every setting (what `repr` and `to_json_string` print)."""
+        return self.to_dict()

@@ -1,0 +1,139 @@
+"""QuantaDiffusersQuantizer: quantize while a Diffusers model loads, save and reload it frozen.
+
+A float checkpoint: the Linear and Conv2d modules are swapped for quanta's on the meta device,
+and each float weight is quantized and frozen as soon as it is read. A saved one: the
+per-module config (`quantization_config.modules`) rebuilds the quantized modules on the meta
+device first, then each module is filled from its stored tensors (see held_back.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import torch
+from diffusers.quantizers.base import DiffusersQuantizer
+from torch import nn
+
+from quanta.qintegrations.diffusers.config import METADATA_KEY, QuantaConfig
+from quanta.qintegrations.diffusers.held_back import HeldBackTensors
+from quanta.qintegrations.module_weights import (
+    WEIGHT,
+    is_weight_quantized,
+    load_stored_tensors,
+    materialize_activation_scales,
+    quantize_float_weight,
+)
+from quanta.qio import apply_quantization_config, quantization_config
+from quanta.qmodules import QModuleMixin, quantize
+
+
+class QuantaDiffusersQuantizer(DiffusersQuantizer):
+    """The Diffusers quantizer of quanta (quant_method "quanta")."""
+
+    quantization_config: QuantaConfig
+    requires_calibration = False
+
+    def __init__(self, quantization_config: QuantaConfig, **kwargs: Any) -> None:
+        if not isinstance(quantization_config, QuantaConfig):
+            kind = type(quantization_config).__name__
+            raise TypeError(f"quantization_config must be a QuantaConfig, got {kind}")
+        # A copy: loading records the per-module config in it, the caller's may serve again.
+        super().__init__(copy.deepcopy(quantization_config), **kwargs)
+        self.held_back = HeldBackTensors(_quantized_module_names(quantization_config))
+
+    def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype:
+        """float32 unless asked: Diffusers would otherwise cast stored tensors to the model's."""
+        return torch.float32 if torch_dtype is None else torch_dtype
+
+    def maybe_update_loaded_keys(self, loaded_keys: list[str], checkpoint_files: Any) -> list[str]:
+        return self.held_back.expect(loaded_keys)
+
+    def maybe_update_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return self.held_back.take(state_dict)
+
+    def update_missing_keys(self, model: nn.Module, missing_keys: list[str], prefix: str) -> list:
+        """A quantized module's other tensors come with its weight, or start at 1.0."""
+        return [key for key in missing_keys if not _extra_tensor_of_quanta_module(model, key)]
+
+    def check_if_quantized_param(
+        self, model: nn.Module, param_value: Any, param_name: str, state_dict: Any, **kwargs: Any
+    ) -> bool:
+        """The weight of a quantized module not filled yet (float, or the held-back placeholder)."""
+        module_name, _, tensor_name = param_name.rpartition(".")
+        module = model.get_submodule(module_name)
+        return tensor_name == WEIGHT and is_weight_quantized(module) and not module.is_frozen
+
+    def create_quantized_param(
+        self,
+        model: nn.Module,
+        param_value: torch.Tensor,
+        param_name: str,
+        target_device: torch.device | str,
+        *args: Any,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> None:
+        module_name = param_name.rpartition(".")[0]
+        module = model.get_submodule(module_name)
+        try:
+            held = self.held_back.pop(module_name)
+            if held is None:
+                quantize_float_weight(module, param_value.to(target_device))
+            else:
+                load_stored_tensors(module, held, torch.device(target_device), dtype)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"{module_name}: {error}") from error
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+        config = self.quantization_config
+        if config.modules is not None:
+            apply_quantization_config(model, config.module_config())
+        else:
+            exclude = list(config.modules_to_not_convert or [])
+            quantize(model, **config.quantize_arguments(exclude=exclude))
+        model.register_to_config(quantization_config=config)
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        loaded = (t.device for t in model.parameters() if not t.is_meta)
+        materialize_activation_scales(model, next(loaded, torch.device("cpu")))
+        self.quantization_config.modules = quantization_config(model).to_json()
+        return model
+
+    def get_state_dict_and_metadata(
+        self, state_dict: dict[str, Any], safe_serialization: bool = False
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The frozen layout as it is, and the whole config in the safetensors metadata."""
+        return state_dict, {METADATA_KEY: json.dumps(self.quantization_config.to_dict())}
+
+    @property
+    def supports_parallel_loading(self) -> bool:
+        """Shards are read in order: a module's stored tensors may span two of them."""
+        return False
+
+    @property
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+def _quantized_module_names(config: QuantaConfig) -> list[str]:
+    if config.modules is None:
+        return []
+    modules = config.module_config().modules
+    return [name for name, entry in modules.items() if entry.weight_qtype is not None]
+
+
+def _extra_tensor_of_quanta_module(model: nn.Module, key: str) -> bool:
+    module_name, _, tensor_name = key.rpartition(".")
+    if tensor_name in (WEIGHT, "bias"):
+        return False
+    return isinstance(model.get_submodule(module_name), QModuleMixin)

@@ -1,0 +1,97 @@
+"""QuantaSettings: the quantization settings shared by the Transformers and Diffusers configs.
+
+Plain data and its checks, no library import: each integration pairs it with its library's
+config mixin (`transformers.QuantaConfig`, `diffusers.QuantaConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from quanta.qio import QuantizationConfig
+from quanta.qmodules import quantize
+
+QUANT_METHOD = "quanta"
+# Optimizers that need statistics gathered before freeze cannot run while the weights load.
+LOAD_TIME_UNSUPPORTED_OPTIMIZERS = ("gptq",)
+
+
+class QuantaSettings:
+    """How `from_pretrained` quantizes a float checkpoint with quanta, and how a saved one was.
+
+    The arguments are those of `quanta.quantize`; `modules_to_not_convert` are fnmatch patterns
+    on module names (None: the library's default). `modules` is written by `save_pretrained`:
+    the exact per-module config (quanta.qio's JSON) that a reload rebuilds before the weights
+    are read; leave it None when quantizing.
+    """
+
+    # The `quant_method` each library expects (Diffusers wants a str Enum member).
+    method: ClassVar[str] = QUANT_METHOD
+
+    def __init__(
+        self,
+        weights: str | None = "int8",
+        activations: str | None = None,
+        activations_mode: str = "static",
+        group_size: int | None = None,
+        modules_to_not_convert: list[str] | None = None,
+        optimizer: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        modules: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.quant_method = self.method
+        self.weights = weights
+        self.activations = activations
+        self.activations_mode = activations_mode
+        self.group_size = group_size
+        self.modules_to_not_convert = modules_to_not_convert
+        self.optimizer = optimizer
+        self.overrides = overrides
+        self.modules = modules
+        self._check(kwargs)
+
+    def _check(self, unknown: dict[str, Any]) -> None:
+        unknown = {key: value for key, value in unknown.items() if key != "quant_method"}
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
+        patterns = self.modules_to_not_convert
+        if patterns is not None and not (
+            isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns)
+        ):
+            raise TypeError(
+                f"modules_to_not_convert must be None or a list of str patterns, got {patterns!r}"
+            )
+        if not (self.optimizer is None or isinstance(self.optimizer, str)):
+            raise TypeError(f"optimizer must be None or a name, got {self.optimizer!r}")
+        if self.optimizer in LOAD_TIME_UNSUPPORTED_OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r} needs calibration data before freeze and cannot run "
+                "while from_pretrained loads the weights; quantize the loaded float model with "
+                "quanta.quantize and quanta.qcalib instead"
+            )
+        quantize(nn.Module(), **self.quantize_arguments())  # checks every argument, changes nothing
+        if self.modules is not None:
+            self.module_config()  # a saved config must parse: refuse it here, not mid-load
+
+    def quantize_arguments(self, exclude: list[str] | None = None) -> dict[str, Any]:
+        """The keyword arguments of `quanta.quantize` this config stands for."""
+        return {
+            "weights": self.weights,
+            "activations": self.activations,
+            "activations_mode": self.activations_mode,
+            "group_size": self.group_size,
+            "exclude": exclude,
+            "optimizer": self.optimizer,
+            "overrides": self.overrides,
+        }
+
+    def module_config(self) -> QuantizationConfig:
+        """The saved per-module config (raises if this config was never saved)."""
+        if self.modules is None:
+            raise ValueError(
+                f"this {type(self).__name__} holds no per-module config (it was never saved)"
+            )
+        return QuantizationConfig.from_json(self.modules, source="quantization_config.modules")
