@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from quanta.qintegrations.demo import run
+from quanta.qio import meta_skeleton
 from quanta.qmodules import weight_memory
 
 
@@ -44,7 +45,7 @@ def test_table_has_one_line_per_row_and_relative_columns():
 def test_reload_from_a_meta_skeleton_gives_the_saved_outputs(tmp_path):
     model = _model()
     qmodel = run.quantized_copy(model, "int4", progress=False)
-    skeleton = run.meta_skeleton(model)
+    skeleton = meta_skeleton(model)
     assert all(p.is_meta for p in skeleton.parameters())
     assert not any(p.is_meta for p in model.parameters())
     images = torch.randn(2, 3, 8, 8)

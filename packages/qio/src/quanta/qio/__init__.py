@@ -15,6 +15,7 @@ from quanta.qio.errors import (
     CorruptCheckpointError,
     UnsupportedCheckpointError,
 )
+from quanta.qio.expected import meta_skeleton
 from quanta.qio.load import load
 from quanta.qio.save import save
 
@@ -32,6 +33,7 @@ __all__ = [
     "UnsupportedCheckpointError",
     "apply_quantization_config",
     "load",
+    "meta_skeleton",
     "quantization_config",
     "save",
 ]

@@ -1,6 +1,6 @@
 """What a checkpoint must hold for a model: keys, shapes and dtypes, computed on a meta copy.
 
-The model itself is not touched: a copy whose every tensor lives on the meta device (no memory)
+The model itself is not touched: a copy whose stored tensors live on the meta device (no memory)
 is quantized with the checkpoint's config and frozen, and its state_dict names every expected
 key with its shape and dtype. Loading compares the files against it before reading any data.
 """
@@ -29,20 +29,24 @@ class TensorSpec(NamedTuple):
     dtype: torch.dtype
 
 
-def meta_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` whose parameters and buffers are on the meta device."""
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose parameters and persistent buffers are on the meta device,
+    ready for `load`; non-persistent buffers (rotary frequencies...), which no checkpoint
+    holds, are copied."""
     memo: dict[int, torch.Tensor] = {}
-    for tensor in chain(model.parameters(), model.buffers()):
-        meta = tensor.detach().to("meta")
-        if isinstance(tensor, nn.Parameter):
-            meta = nn.Parameter(meta, requires_grad=tensor.requires_grad)
-        memo[id(tensor)] = meta
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            meta = parameter.detach().to("meta")
+            memo[id(parameter)] = nn.Parameter(meta, requires_grad=parameter.requires_grad)
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                memo[id(buffer)] = buffer.detach().to("meta")
     return copy.deepcopy(model, memo)
 
 
 def expected_state(model: nn.Module, config: QuantizationConfig) -> dict[str, TensorSpec]:
     """Every key the checkpoint of `model` quantized by `config` holds, with shape and dtype."""
-    shadow = apply_quantization_config(meta_copy(model), config)
+    shadow = apply_quantization_config(meta_skeleton(model), config)
     for module in shadow.modules():
         if isinstance(module, QModuleMixin):
             module.weight_optimizer = None  # the stored layout, without running an optimizer

@@ -20,7 +20,7 @@ from torch import nn
 
 from quanta.qintegrations.demo import data, metrics, models
 from quanta.qintegrations.demo.deps import require
-from quanta.qio import load, save
+from quanta.qio import load, meta_skeleton, save
 from quanta.qmodules import freeze, quantize, weight_memory
 
 MODEL_NAMES = ("smollm2", "minilm", "mobilenet")
@@ -110,23 +110,6 @@ def quantized_copy(
             freeze(qmodel.get_submodule(name))
             bar.update()
     return qmodel.eval()
-
-
-def meta_skeleton(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose parameters and persistent buffers are on the meta device.
-
-    Non-persistent buffers (rotary frequencies...) are copied: a checkpoint does not hold them.
-    """
-    memo: dict[int, object] = {}
-    for module in model.modules():
-        for parameter in module.parameters(recurse=False):
-            memo[id(parameter)] = nn.Parameter(
-                torch.empty_like(parameter, device="meta"), parameter.requires_grad
-            )
-        for name, buffer in module.named_buffers(recurse=False):
-            if name not in module._non_persistent_buffers_set:
-                memo[id(buffer)] = torch.empty_like(buffer, device="meta")
-    return copy.deepcopy(model, memo)
 
 
 def saved_and_reloaded(
