@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from quanta.qmodules import QLinear
-from quanta.qmodules.modules.rotation import default_block_size
+from quanta.qmodules.modules.rotation import check_block_size, default_block_size
 
 
 def rotate(
@@ -50,14 +50,9 @@ def rotate(
             f"rotate() found no QLinear with activations and a float weight matching {include!r}: "
             "call it after quantize(model, activations=...) and before freeze()"
         )
-    for _, module in modules:  # validate all before changing any
-        if block_size is not None and (
-            block_size < 1 or block_size & (block_size - 1) or module.in_features % block_size
-        ):
-            raise ValueError(
-                f"block_size must be a power of two dividing in_features ({module.in_features}), "
-                f"got {block_size}"
-            )
+    if block_size is not None:
+        for _, module in modules:  # validate all before changing any
+            check_block_size(module.in_features, block_size)
     for index, (_, module) in enumerate(modules):
         block = block_size or default_block_size(module.in_features)
         module.rotate_input(block, seed=seed + index)

@@ -35,12 +35,17 @@ def default_block_size(features: int, largest: int = 512) -> int:
     return block
 
 
+def check_block_size(features: int, block_size: int) -> None:
+    """Raise ValueError unless `block_size` is a power of two dividing `features`."""
+    if block_size < 1 or block_size & (block_size - 1) or features % block_size:
+        raise ValueError(
+            f"block_size must be a power of two dividing in_features ({features}), got {block_size}"
+        )
+
+
 def random_signs(features: int, block_size: int, seed: int) -> torch.Tensor:
     """±1 signs [features // block_size, block_size] drawn from `seed` (reproducible)."""
-    if block_size < 1 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two, got {block_size}")
-    if features % block_size:
-        raise ValueError(f"block_size {block_size} does not divide the {features} input features")
+    check_block_size(features, block_size)
     generator = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, (features,), generator=generator) * 2 - 1
     return signs.reshape(-1, block_size).float()
