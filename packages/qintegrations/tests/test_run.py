@@ -1,5 +1,6 @@
 """The demo's quantize-a-copy step and its table, on tiny synthetic models."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -52,3 +53,5 @@ def test_reload_from_a_meta_skeleton_gives_the_saved_outputs(tmp_path):
     reloaded, size = run.saved_and_reloaded(qmodel, model, tmp_path / "ckpt", lambda m: m(images))
     assert torch.equal(reloaded(images), qmodel(images))
     assert 0 < size < run.model_bytes(model) / 4
+    with pytest.raises(TypeError, match="model must be a torch"):
+        meta_skeleton(model.state_dict())

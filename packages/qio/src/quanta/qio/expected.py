@@ -33,6 +33,8 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
     """A deep copy of `model` whose parameters and persistent buffers are on the meta device,
     ready for `load`; non-persistent buffers (rotary frequencies...), which no checkpoint
     holds, are copied."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     memo: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
