@@ -17,6 +17,9 @@ STABLE_TORCH_LIBRARY(quanta, m) {
   m.def(
       "linear_affine(Tensor input, Tensor packed, Tensor scale, Tensor zero_point, int bits,"
       " int group_size, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_int8(Tensor input, Tensor input_scale, Tensor codes, Tensor scale, Tensor? bias,"
+      " ScalarType dtype) -> Tensor");
   // The instruction set the CPU kernels run with now (QUANTA_CPU_ISA can lower it).
   m.def("cpu_isa() -> str");
 }

@@ -1,4 +1,5 @@
-"""The native CPU linear kernels against the reference, under every instruction-set path.
+"""The native CPU kernels against the reference: the linear kernels under every instruction-set
+path, and quantize / dequantize / linear_int8.
 
 Sizes are odd on purpose: N and K not multiples of 16 or 64, groups whose codes do not fill the
 vector loop (tails), 2-bit groups that do not start on a byte, and M on both sides of the decode /
@@ -103,6 +104,72 @@ def test_opcheck_linear_ops(cpu_isa, rows):
         torch.ops.quanta.linear_affine.default,
         (input, packed, group_scale, zero_point, 4, group_size, None),
     )
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_linear_int8(rows):
+    """The native W8A8 op (oneDNN's int8 product, then the scaling) equals the reference exactly."""
+    torch.manual_seed(rows)
+    k = 1211
+    input = torch.randint(-128, 128, (rows, k), dtype=torch.int8)
+    codes = torch.randint(-128, 128, (N, k), dtype=torch.int8)
+    scale, bias = torch.rand(N, 1) / 127, torch.randn(N)
+    for input_scale in (torch.rand(rows, 1, dtype=torch.bfloat16), torch.tensor(0.01)):
+        for dtype in (*FLOAT_DTYPES, torch.float64):
+            args = (input, input_scale, codes, scale, bias, dtype)
+            out = torch.ops.quanta.linear_int8(*args)
+            assert torch.equal(out, reference.linear_int8(*args))
+    torch.library.opcheck(torch.ops.quanta.linear_int8.default, args)
+
+
+CODE_DTYPES = [
+    torch.int8,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+]
+# (input shape, scale shape): per tensor, per row, per column, per element, broadcast over a
+# middle dimension, a 0-d input, an empty one
+BROADCASTS = [
+    ((5, 7), ()),
+    ((5, 7), (5, 1)),
+    ((5, 7), (1, 7)),
+    ((5, 7), (5, 7)),
+    ((2, 3, 4), (3, 1)),
+    ((2, 3, 4), (2, 1, 1)),
+    ((), ()),
+    ((0, 4), (0, 1)),
+]
+
+
+def same_bits(a, b):
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+    )
+
+
+@pytest.mark.parametrize("shapes", BROADCASTS, ids=str)
+@pytest.mark.parametrize("codes_dtype", CODE_DTYPES, ids=str)
+def test_quantize_and_dequantize_symmetric(shapes, codes_dtype):
+    """The native quantize/dequantize give the reference's bits for every broadcast and dtype,
+    round half to even, clamp, and keep NaN (float8)."""
+    input_shape, scale_shape = shapes
+    for dtype in (*FLOAT_DTYPES, torch.float64):
+        input = torch.randn(input_shape, dtype=dtype) * 300
+        scale = (torch.rand(scale_shape) + 0.05).to(torch.bfloat16)
+        codes = torch.ops.quanta.quantize_symmetric(input, scale, codes_dtype)
+        assert same_bits(codes, reference.quantize_symmetric(input, scale, codes_dtype))
+        values = torch.ops.quanta.dequantize_symmetric(codes, scale, dtype)
+        assert same_bits(values, reference.dequantize_symmetric(codes, scale, dtype))
+    ties = torch.tensor([0.5, 1.5, 2.5, -2.5, 127.5, -128.5, 1e4, float("nan")])
+    codes = torch.ops.quanta.quantize_symmetric(ties, torch.tensor(1.0), codes_dtype)
+    expected = reference.quantize_symmetric(ties, torch.tensor(1.0), codes_dtype)
+    if codes_dtype == torch.int8:  # NaN has no int8 code: only the finite values are specified
+        codes, expected = codes[:-1], expected[:-1]
+    assert same_bits(codes, expected)
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -7,7 +7,7 @@ import quanta.qkernels
 
 
 def op_samples(device):
-    u8 = torch.uint8
+    u8, f32, bf16 = torch.uint8, torch.float32, torch.bfloat16
     x = torch.randn(4, 32, device=device)
     row_scale = torch.rand(4, 1, device=device) + 0.01
     group_scale = torch.rand(4, 2, device=device) + 0.01
@@ -27,6 +27,10 @@ def op_samples(device):
         "linear_symmetric": [
             (x, int8_codes, row_scale, None),
             (grad_x, int8_codes, row_scale, bias),
+        ],
+        "linear_int8": [
+            (int8_codes[:3], torch.rand(3, 1, device=device), int8_codes, row_scale, None, f32),
+            (int8_codes, torch.tensor(0.5, device=device), int8_codes, row_scale, bias, bf16),
         ],
         "linear_affine": [
             (x, packed4, group_scale, group_zero, 4, 16, None),

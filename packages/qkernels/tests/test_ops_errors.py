@@ -147,6 +147,39 @@ BAD_CALLS = {
         ),
         r"input must be a float32, float16, bfloat16 or float64 tensor",
     ),
+    "linear_int8_input_dtype": (
+        lambda: torch.ops.quanta.linear_int8(
+            torch.randn(3, 8),
+            torch.ones(3, 1),
+            torch.ones(4, 8, dtype=torch.int8),
+            torch.ones(4, 1),
+            None,
+            torch.float32,
+        ),
+        r"input must have dtype in \(int8\), got torch.float32",
+    ),
+    "linear_int8_input_scale": (
+        lambda: torch.ops.quanta.linear_int8(
+            torch.ones(2, 3, 8, dtype=torch.int8),
+            torch.ones(3, 1),
+            torch.ones(4, 8, dtype=torch.int8),
+            torch.ones(4, 1),
+            None,
+            torch.float32,
+        ),
+        r"input_scale must have one element \(per tensor\) or shape \[2, 3, 1\] .*got \[3, 1\]",
+    ),
+    "linear_int8_dtype": (
+        lambda: torch.ops.quanta.linear_int8(
+            torch.ones(3, 8, dtype=torch.int8),
+            torch.ones(()),
+            torch.ones(4, 8, dtype=torch.int8),
+            torch.ones(4, 1),
+            None,
+            torch.int32,
+        ),
+        r"dtype must be one of \(float32, float16, bfloat16, float64\), got torch.int32",
+    ),
 }
 
 
@@ -159,7 +192,13 @@ def test_bad_arguments_raise_a_clear_error(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["unpack_size", "linear_affine_group_size", "quantize_symmetric_scale"]
+    "name",
+    [
+        "unpack_size",
+        "linear_affine_group_size",
+        "quantize_symmetric_scale",
+        "linear_int8_input_scale",
+    ],
 )
 def test_bad_arguments_raise_on_meta_tensors_too(name):
     call, message = BAD_CALLS[name]

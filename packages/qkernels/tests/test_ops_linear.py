@@ -1,4 +1,5 @@
-"""linear_symmetric / linear_affine against an fp64 matmul of the dequantized weight."""
+"""linear_symmetric / linear_affine against an fp64 matmul of the dequantized weight; linear_int8
+against the exact product of its int8 codes."""
 
 import pytest
 import torch
@@ -147,3 +148,33 @@ def test_compile_fullgraph_through_linear_ops(device):
     for rows in (3, 5):
         x = torch.randn(rows, K, device=device)
         torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def int8_activations(device, leading, k, per_row):
+    """int8 codes [*leading, k] and their scale: one per row, or one for the whole tensor."""
+    codes = torch.randint(-128, 128, (*leading, k), dtype=torch.int8, device=device)
+    shape = (*leading, 1) if per_row else ()
+    return codes, (torch.rand(shape, device=device) + 0.5) / 127
+
+
+@pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, torch.float64], ids=str)
+@pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+def test_linear_int8(device, dtype, per_row, with_bias):
+    # K = 3000: the int8 products sum past 2**24, where an fp32 sum would no longer be exact.
+    k = 3000
+    input, input_scale = int8_activations(device, (2, 3), k, per_row)
+    codes = torch.full((N, k), 127, dtype=torch.int8, device=device)
+    codes[1:] = torch.randint(-128, 128, (N - 1, k), dtype=torch.int8, device=device)
+    input[0, 0] = 127  # row 0 times weight row 0: 3000 * 127 * 127 > 2**24
+    scale = (torch.rand(N, 1, device=device) + 0.5) / (127 * k**0.5)  # outputs of O(1)
+    bias = torch.randn(N, device=device) if with_bias else None
+    out = torch.ops.quanta.linear_int8(input, input_scale, codes, scale, bias, dtype)
+    exact = input.double() @ codes.double().t()
+    expected = (exact * input_scale.double() * scale.double().t()).float()
+    if bias is not None:
+        expected = expected + bias
+    assert out.dtype == dtype and out.shape == (2, 3, N)
+    # the int32 sum is exact: only the fp32 scaling and the final cast round
+    rtol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
+    torch.testing.assert_close(out.double(), expected.double(), rtol=rtol, atol=rtol)

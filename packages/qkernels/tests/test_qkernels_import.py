@@ -1,4 +1,4 @@
-"""The package registers all eight ops, exposes a small API and imports nothing above it."""
+"""The package registers all nine ops, exposes a small API and imports nothing above it."""
 
 import subprocess
 import sys
@@ -10,13 +10,29 @@ from quanta.qkernels import reference
 
 
 def test_every_op_is_registered_with_a_reference_and_a_fake():
-    assert len(quanta.qkernels.OPS) == 8
+    assert len(quanta.qkernels.OPS) == 9
     for name in quanta.qkernels.OPS:
         qualname = f"quanta::{name}"
         assert hasattr(torch.ops.quanta, name)
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeExplicitAutograd")
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta")  # the fake
         assert callable(getattr(reference, name))
+
+
+def test_native_cpu_kernels_are_registered():
+    native = {
+        n
+        for n in quanta.qkernels.OPS
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"quanta::{n}", "CPU")
+    }
+    assert native == {
+        "quantize_symmetric",
+        "dequantize_symmetric",
+        "unpack",
+        "linear_symmetric",
+        "linear_affine",
+        "linear_int8",
+    }
 
 
 def test_public_api():

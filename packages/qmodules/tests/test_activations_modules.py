@@ -136,6 +136,29 @@ def test_dynamic_mode_needs_no_calibration(uniform_inputs, relative_error):
     assert relative_error(output, expected) < DYNAMIC_INT8_TOLERANCE
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_inputs_and_weights_multiply_as_int8_codes(mode, uniform_inputs):
+    """W8A8 inference runs quanta::linear_int8 on the codes; training keeps the float path."""
+    model, inputs = mlp(), uniform_inputs(8, 32)
+    quantize(model, weights="int8", activations="int8", activations_mode=mode)
+    set_scales(model, inputs)
+    freeze(model)
+    first = model[0]
+    input = first.quantize_input(inputs)
+    weight = first.weight
+    expected = torch.ops.quanta.linear_int8(
+        input.codes, input.scale, weight.codes, weight.scale, first.bias, inputs.dtype
+    )
+    with torch.no_grad():
+        assert torch.equal(nn.functional.linear(input, weight, first.bias), expected)
+    # with a gradient wanted (the bias), the input is dequantized instead: same values, rounded
+    # differently, and the gradient reaches the bias
+    output = nn.functional.linear(input, weight, first.bias)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    output.sum().backward()
+    assert first.bias.grad is not None
+
+
 def test_dynamic_conv_scales_are_per_pixel(uniform_inputs, relative_error):
     model = ConvNet()
     inputs = uniform_inputs(2, 3, 6, 6)

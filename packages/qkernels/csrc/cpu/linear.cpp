@@ -1,5 +1,5 @@
-// quanta::linear_symmetric and quanta::linear_affine on the CPU: the stable-ABI binding of the
-// kernels of linear_kernels_impl.h.
+// quanta::linear_symmetric, quanta::linear_affine and quanta::linear_int8 on the CPU: the
+// stable-ABI binding of the kernels of linear_kernels_impl.h, and the int8 x int8 product.
 //
 // Up to kDecodeMaxRows activation rows take the decode kernel (weights streamed once, decoded in
 // registers, fp32 accumulation). More rows take the prefill path: the weight is dequantized to
@@ -19,6 +19,7 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "linear_checks.h"
+#include "stable_helpers.h"
 #include "qkernels/cpu_isa.h"
 #include "qkernels/linear_cpu.h"
 
@@ -31,6 +32,10 @@ using quanta::qkernels::cpu::LinearKernels;
 using quanta::qkernels::cpu::OutputDtype;
 using quanta::qkernels::cpu::WeightFormat;
 using quanta::qkernels::cpu::WeightView;
+using quanta::qkernels::cpu::box;
+using quanta::qkernels::cpu::call_op;
+using quanta::qkernels::cpu::convert;
+using quanta::qkernels::cpu::float32_contiguous;
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
@@ -56,58 +61,8 @@ const LinearKernels& kernels(Isa isa) {
   }
 }
 
-// Calls a registered op through the dispatcher and returns its single tensor output.
-template <size_t N>
-Tensor call_op(const char* name, const char* overload, std::array<StableIValue, N> stack) {
-  STABLE_TORCH_ERROR_CODE_CHECK(
-      torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION));
-  return torch::stable::detail::to<Tensor>(stack[0]);
-}
-
-template <class T>
-StableIValue box(const T& value) {
-  return torch::stable::detail::from(value);
-}
-
 std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtype) {
   return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
-}
-
-// Small tensors (activations of the decode path, scales, zeros, bias, outputs) are converted here,
-// on the calling thread: torch splits a conversion of more than 32K elements over the intra-op
-// pool, and waking the pool costs more than the copy.
-template <class From, class To>
-void convert(const void* in, void* out, int64_t count) {
-  const From* src = static_cast<const From*>(in);
-  To* dst = static_cast<To*>(out);
-  for (int64_t i = 0; i < count; ++i) {
-    dst[i] = static_cast<To>(static_cast<float>(src[i]));
-  }
-}
-
-// A contiguous float32 copy of t (t itself when it already is one).
-Tensor float32_contiguous(const Tensor& t) {
-  const Tensor src = torch::stable::contiguous(t);
-  if (src.scalar_type() == ScalarType::Float) {
-    return src;
-  }
-  const std::vector<int64_t> sizes(src.sizes().begin(), src.sizes().end());
-  Tensor out = torch::stable::new_empty(src, sizes, ScalarType::Float);
-  const void* in = src.const_data_ptr();
-  switch (src.scalar_type()) {
-    case ScalarType::BFloat16:
-      convert<c10::BFloat16, float>(in, out.mutable_data_ptr(), src.numel());
-      break;
-    case ScalarType::Half:
-      convert<c10::Half, float>(in, out.mutable_data_ptr(), src.numel());
-      break;
-    case ScalarType::Byte:
-      convert<uint8_t, float>(in, out.mutable_data_ptr(), src.numel());
-      break;
-    default:
-      return torch::stable::to(src, ScalarType::Float);
-  }
-  return out;
 }
 
 // A contiguous float32 tensor converted to dtype (float32, bfloat16 or float16).
@@ -346,9 +301,76 @@ Tensor linear_affine_cpu(
   return linear_native(input, w, bias);
 }
 
+// The epilogue of linear_int8: out[i, j] = acc[i, j] * row_scale[i] * scale[j] + bias[j] in fp32
+// (the reference's order, and this file is built without FMA contraction, so the two agree
+// exactly), stored as Out. rows_scaled: whether row_scale has a value per row or a single one.
+template <class Out>
+void scale_int8_rows(
+    const int32_t* acc, const float* row_scale, bool rows_scaled, const float* scale,
+    const float* bias, Out* out, int64_t n, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float row = row_scale[rows_scaled ? i : 0];
+    for (int64_t j = 0; j < n; ++j) {
+      float value = static_cast<float>(acc[i * n + j]) * row * scale[j];
+      if (bias != nullptr) {
+        value = value + bias[j];
+      }
+      out[i * n + j] = static_cast<Out>(value);
+    }
+  }
+}
+
+// int8 activations times int8 weights: the products summed exactly by aten::_int_mm (oneDNN:
+// AMX or AVX-512 VNNI where present), then scaled in one pass over the int32 result.
+Tensor linear_int8_cpu(
+    const Tensor& input, const Tensor& input_scale, const Tensor& codes, const Tensor& scale,
+    std::optional<Tensor> bias, ScalarType dtype) {
+  quanta::qkernels::cpu::check_linear_int8(input, input_scale, codes, scale, bias, dtype);
+  const int64_t n = codes.size(0);
+  const int64_t k = codes.size(1);
+  std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
+  out_sizes.back() = n;
+  int64_t m = 1;  // rows of input: the product of its leading sizes (K may be 0)
+  for (size_t d = 0; d + 1 < out_sizes.size(); ++d) {
+    m *= out_sizes[d];
+  }
+  Tensor out = torch::stable::new_empty(input, out_sizes, dtype);
+  if (m == 0 || n == 0) {
+    return out;
+  }
+  const Tensor acc = k == 0
+      ? torch::stable::new_zeros(input, {m, n}, ScalarType::Int)
+      : call_op<2>(
+            "aten::_int_mm", "",
+            {box(torch::stable::contiguous(torch::stable::reshape(input, {m, k}))),
+             box(torch::stable::transpose(torch::stable::contiguous(codes), 0, 1))});
+  const Tensor row_scale = float32_contiguous(input_scale);
+  const Tensor scale32 = float32_contiguous(scale);
+  const std::optional<Tensor> bias32 =
+      bias.has_value() ? std::optional<Tensor>(float32_contiguous(*bias)) : std::nullopt;
+  const auto rows = [&]<class Out>(Out* out_data) {
+    torch::stable::parallel_for(0, m, grain_rows(n * 4), [&](int64_t begin, int64_t end) {
+      scale_int8_rows(
+          acc.const_data_ptr<int32_t>(), row_scale.const_data_ptr<float>(),
+          row_scale.numel() > 1, scale32.const_data_ptr<float>(),
+          bias32.has_value() ? bias32->const_data_ptr<float>() : nullptr, out_data, n, begin,
+          end);
+    });
+  };
+  void* data = out.mutable_data_ptr();
+  switch (dtype) {
+    case ScalarType::Float: rows(static_cast<float*>(data)); break;
+    case ScalarType::Double: rows(static_cast<double*>(data)); break;
+    case ScalarType::BFloat16: rows(static_cast<c10::BFloat16*>(data)); break;
+    default: rows(static_cast<c10::Half*>(data)); break;
+  }
+  return out;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(quanta, CPU, m) {
   m.impl("linear_symmetric", TORCH_BOX(&linear_symmetric_cpu));
   m.impl("linear_affine", TORCH_BOX(&linear_affine_cpu));
+  m.impl("linear_int8", TORCH_BOX(&linear_int8_cpu));
 }

@@ -85,14 +85,8 @@ inline void check_linear_input(const char* op, const Tensor& input, int64_t k) {
       shape_string(input, false));
 }
 
-inline void check_linear_symmetric(
-    const Tensor& input, const Tensor& codes, const Tensor& scale,
-    const std::optional<Tensor>& bias) {
-  const char* op = "linear_symmetric";
-  STD_TORCH_CHECK(
-      is_symmetric_code_dtype(codes.scalar_type()), "quanta::", op,
-      ": codes must have dtype in (int8, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, "
-      "float8_e5m2fnuz), got ", dtype_name(codes.scalar_type()));
+// codes [N, K] (their dtype checked by the caller) with a floating scale [N, 1].
+inline void check_symmetric_weight(const char* op, const Tensor& codes, const Tensor& scale) {
   STD_TORCH_CHECK(
       codes.dim() == 2, "quanta::", op, ": codes must be 2-D [N, K], got shape ",
       shape_string(codes, false));
@@ -101,8 +95,55 @@ inline void check_linear_symmetric(
   STD_TORCH_CHECK(
       scale.dim() == 2 && scale.size(0) == n && scale.size(1) == 1, "quanta::", op,
       ": scale must have shape [N, 1] = [", n, ", 1], got ", shape_string(scale, true));
+}
+
+inline void check_linear_symmetric(
+    const Tensor& input, const Tensor& codes, const Tensor& scale,
+    const std::optional<Tensor>& bias) {
+  const char* op = "linear_symmetric";
+  STD_TORCH_CHECK(
+      is_symmetric_code_dtype(codes.scalar_type()), "quanta::", op,
+      ": codes must have dtype in (int8, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, "
+      "float8_e5m2fnuz), got ", dtype_name(codes.scalar_type()));
+  check_symmetric_weight(op, codes, scale);
   check_linear_input(op, input, codes.size(1));
-  check_bias(op, bias, n);
+  check_bias(op, bias, codes.size(0));
+}
+
+inline void check_linear_int8(
+    const Tensor& input, const Tensor& input_scale, const Tensor& codes, const Tensor& scale,
+    const std::optional<Tensor>& bias, ScalarType dtype) {
+  const char* op = "linear_int8";
+  STD_TORCH_CHECK(
+      codes.scalar_type() == ScalarType::Char, "quanta::", op,
+      ": codes must have dtype in (int8), got ", dtype_name(codes.scalar_type()));
+  check_symmetric_weight(op, codes, scale);
+  const int64_t k = codes.size(1);
+  STD_TORCH_CHECK(
+      input.scalar_type() == ScalarType::Char, "quanta::", op,
+      ": input must have dtype in (int8), got ", dtype_name(input.scalar_type()));
+  STD_TORCH_CHECK(
+      input.dim() >= 1 && input.size(input.dim() - 1) == k, "quanta::", op,
+      ": input must be [..., K] with K = ", k, " (the weight's K), got shape ",
+      shape_string(input, false));
+  check_floating(op, "input_scale", input_scale);
+  bool per_row = input_scale.dim() == input.dim() && input_scale.size(input.dim() - 1) == 1;
+  for (int64_t d = 0; per_row && d + 1 < input.dim(); ++d) {
+    per_row = input_scale.size(d) == input.size(d);
+  }
+  if (!per_row && input_scale.numel() != 1) {
+    std::string rows = "[";
+    for (int64_t d = 0; d + 1 < input.dim(); ++d) {
+      rows += std::to_string(input.size(d)) + ", ";
+    }
+    STD_TORCH_CHECK(
+        false, "quanta::", op, ": input_scale must have one element (per tensor) or shape ",
+        rows, "1] (one per row of input), got ", shape_string(input_scale, true));
+  }
+  check_bias(op, bias, codes.size(0));
+  STD_TORCH_CHECK(
+      is_float_dtype(dtype), "quanta::", op,
+      ": dtype must be one of (float32, float16, bfloat16, float64), got ", dtype_name(dtype));
 }
 
 inline void check_groups(

@@ -23,6 +23,7 @@ OPS = (
     "unpack",
     "linear_symmetric",
     "linear_affine",
+    "linear_int8",
 )
 
 

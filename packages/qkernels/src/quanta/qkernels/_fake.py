@@ -49,3 +49,8 @@ def linear_symmetric(input, codes, scale, bias):
 def linear_affine(input, packed, scale, zero_point, bits, group_size, bias):
     ref.check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
     return input.new_empty((*input.shape[:-1], packed.shape[0]))
+
+
+def linear_int8(input, input_scale, codes, scale, bias, dtype):
+    ref.check_linear_int8(input, input_scale, codes, scale, bias, dtype)
+    return input.new_empty((*input.shape[:-1], codes.shape[0]), dtype=dtype)

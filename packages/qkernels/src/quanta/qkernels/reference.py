@@ -9,6 +9,8 @@ Dequantization is computed in fp32 and cast to the requested dtype at the end.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,7 @@ __all__ = [
     "dequantize_affine",
     "dequantize_symmetric",
     "linear_affine",
+    "linear_int8",
     "linear_symmetric",
     "pack",
     "quantize_affine",
@@ -135,6 +138,39 @@ def linear_affine(
     return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
 
 
+# Terms of an int8 dot product that sum exactly in fp32: 1024 * 128 * 128 = 2**24.
+_EXACT_INT8_TERMS = 1024
+
+
+def linear_int8(
+    input: torch.Tensor,
+    input_scale: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """int8 activations times int8 weights (W8A8): (input @ codesᵀ) * input_scale * scaleᵀ + bias.
+
+    input int8 [..., K] with input_scale of one element (per tensor) or [..., 1] (per row);
+    codes int8 [N, K] with scale [N, 1]. The products are summed exactly (int32); the scales and
+    bias are applied in fp32, in that order, and the result is returned in dtype.
+    """
+    check_linear_int8(input, input_scale, codes, scale, bias, dtype)
+    n, k = codes.shape
+    rows = input.reshape(math.prod(input.shape[:-1]), k)
+    acc = torch.zeros(rows.shape[0], n, dtype=torch.int32, device=input.device)
+    # fp32 matmuls of at most _EXACT_INT8_TERMS terms are exact on every device; int32 sums them.
+    for start in range(0, k, _EXACT_INT8_TERMS):
+        chunk = slice(start, start + _EXACT_INT8_TERMS)
+        acc += (rows[:, chunk].float() @ codes[:, chunk].float().t()).to(torch.int32)
+    row_scale = input_scale.float().reshape(-1, 1)
+    out = acc.float() * row_scale * scale.float().t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.reshape(*input.shape[:-1], n).to(dtype)
+
+
 # ---- argument checks (shared with the fake kernels) -------------------------------------------
 
 
@@ -182,19 +218,45 @@ def check_unpack(packed, bits, size) -> None:
     v.check_packed("unpack", "packed", packed, size, bits)
 
 
-def check_linear_symmetric(input, codes, scale, bias) -> None:
-    op = "linear_symmetric"
-    v.check_dtype(op, "codes", codes, v.SYMMETRIC_CODE_DTYPES)
+def _check_symmetric_weight(op: str, codes, scale, code_dtypes) -> None:
+    """codes [N, K] of one of code_dtypes, with a floating scale [N, 1]."""
+    v.check_dtype(op, "codes", codes, code_dtypes)
     if codes.dim() != 2:
         raise ValueError(f"quanta::{op}: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
-    n, k = codes.shape
+    n = codes.shape[0]
     v.check_floating(op, "scale", scale)
     if tuple(scale.shape) != (n, 1):
         raise ValueError(
             f"quanta::{op}: scale must have shape [N, 1] = [{n}, 1], got {list(scale.shape)}"
         )
-    v.check_linear_input(op, input, k)
+
+
+def check_linear_symmetric(input, codes, scale, bias) -> None:
+    op = "linear_symmetric"
+    _check_symmetric_weight(op, codes, scale, v.SYMMETRIC_CODE_DTYPES)
+    v.check_linear_input(op, input, codes.shape[1])
+    v.check_bias(op, bias, codes.shape[0])
+
+
+def check_linear_int8(input, input_scale, codes, scale, bias, dtype) -> None:
+    op = "linear_int8"
+    _check_symmetric_weight(op, codes, scale, (torch.int8,))
+    n, k = codes.shape
+    v.check_dtype(op, "input", input, (torch.int8,))
+    if input.dim() < 1 or input.shape[-1] != k:
+        raise ValueError(
+            f"quanta::{op}: input must be [..., K] with K = {k} (the weight's K), "
+            f"got shape {tuple(input.shape)}"
+        )
+    v.check_floating(op, "input_scale", input_scale)
+    per_row = (*input.shape[:-1], 1)
+    if input_scale.numel() != 1 and tuple(input_scale.shape) != per_row:
+        raise ValueError(
+            f"quanta::{op}: input_scale must have one element (per tensor) or shape "
+            f"{list(per_row)} (one per row of input), got {list(input_scale.shape)}"
+        )
     v.check_bias(op, bias, n)
+    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
 
 
 def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:

@@ -4,7 +4,8 @@ Static activations carry one scale for the whole tensor (a 0-d scale); dynamic o
 per token (a scale [..., 1] over the last dimension). Ops that are exact on the codes (views,
 relu, cat of equal scales) keep a per-tensor activation quantized; softmax returns probabilities
 quantized with scale 1/qmax; matmul/bmm of two quantized activations multiplies the codes and
-scales once; anything else runs on the dequantized tensor (the QTensor fallback).
+scales once, and so does a linear of int8 activations with int8 weights (quanta::linear_int8);
+anything else runs on the dequantized tensor (the QTensor fallback).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import is_fake
 
-from quanta.qmodules.tensors.base import QSymmetricTensor, dequantized_call
+from quanta.qmodules.tensors.base import QSymmetricTensor, dequantized_call, linear_arguments
+from quanta.qmodules.tensors.bytes import QBytesTensor
 from quanta.qmodules.tensors.straight_through import (
     straight_through_dequantize,
     straight_through_quantize,
@@ -184,8 +186,28 @@ def _matmul(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     return (product * scale).to(torch.promote_types(left.dtype, right.dtype))
 
 
+def _int8_product(input: QActivationTensor, weight: Any, bias: Any) -> bool:
+    """Whether a linear can multiply int8 codes by int8 codes: int8 input and 2-D int8 weight,
+    and no gradient wanted (training takes the straight-through path)."""
+    tensors = [t for t in (input, weight, bias) if t is not None]
+    return (
+        input.qtype.dtype == torch.int8
+        and isinstance(weight, QBytesTensor)
+        and weight.qtype.dtype == torch.int8
+        and weight.dim() == 2
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
 @QActivationTensor.implements(F.linear, F.conv2d)
 def _quantized_input(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """A quantized module input: dequantized, then the weight's own handler runs (its kernel)."""
+    """A quantized module input: int8 x int8 weights run quanta::linear_int8 (W8A8); any other
+    is dequantized, then the weight's own handler runs (its kernel)."""
+    if func is F.linear:
+        input, weight, bias = linear_arguments(*args, **kwargs)
+        if _int8_product(input, weight, bias):
+            return torch.ops.quanta.linear_int8(
+                input.codes, input.scale, weight.codes, weight.scale, bias, input.dtype
+            )
     input, *rest = args
     return func(straight_through_dequantize(input), *rest, **kwargs)

@@ -1,0 +1,231 @@
+// quanta::quantize_symmetric and quanta::dequantize_symmetric on the CPU: one pass over the
+// elements, the scale read through its broadcast (per tensor, per row, per channel or per element)
+// without materializing it. Both compute in fp32 like the reference: codes = clamp(round(x / s))
+// (int8, ties to even) or clamp(x / s, +-max) rounded to float8; values = codes * s.
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Float8_e4m3fn.h>
+#include <torch/headeronly/util/Float8_e4m3fnuz.h>
+#include <torch/headeronly/util/Float8_e5m2.h>
+#include <torch/headeronly/util/Float8_e5m2fnuz.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "linear_checks.h"
+#include "stable_helpers.h"
+
+namespace {
+
+using quanta::qkernels::cpu::check_floating;
+using quanta::qkernels::cpu::dtype_name;
+using quanta::qkernels::cpu::float32_contiguous;
+using quanta::qkernels::cpu::is_float_dtype;
+using quanta::qkernels::cpu::is_symmetric_code_dtype;
+using quanta::qkernels::cpu::shape_string;
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+// Elements per parallel task.
+constexpr int64_t kGrainElements = 1 << 16;
+
+// The reference's message when `operand` does not broadcast to `target` without enlarging it.
+void check_broadcasts_to(const char* op, const char* name, const Tensor& operand,
+                         const Tensor& target) {
+  bool fits = operand.dim() <= target.dim();
+  for (int64_t d = 1; fits && d <= operand.dim(); ++d) {
+    const int64_t size = operand.size(operand.dim() - d);
+    fits = size == 1 || size == target.size(target.dim() - d);
+  }
+  STD_TORCH_CHECK(
+      fits, "quanta::", op, ": ", name, " of shape ", shape_string(operand, false),
+      " must broadcast to ", shape_string(target, false), " without enlarging it");
+}
+
+// A scale broadcast over a tensor's rows (all dimensions but the last): the offset of each row's
+// first scale in the contiguous scale, and the step along the row (0 or 1).
+class RowScales {
+ public:
+  RowScales(const Tensor& scale, const Tensor& target) : data_(scale.const_data_ptr<float>()) {
+    const int64_t rank = target.dim();
+    int64_t stride = 1;
+    strides_.assign(rank, 0);
+    for (int64_t d = 1; d <= scale.dim(); ++d) {
+      const int64_t size = scale.size(scale.dim() - d);
+      strides_[rank - d] = size == 1 ? 0 : stride;
+      stride *= size;
+    }
+    sizes_.assign(target.sizes().begin(), target.sizes().end());
+    step_ = rank > 0 ? strides_[rank - 1] : 0;
+  }
+
+  // The scales of row `row` (a flat index over the leading dimensions), read with step() = 0 or 1.
+  const float* row(int64_t row) const {
+    int64_t offset = 0;
+    for (int64_t d = static_cast<int64_t>(sizes_.size()) - 2; d >= 0; --d) {
+      offset += (row % sizes_[d]) * strides_[d];
+      row /= sizes_[d];
+    }
+    return data_ + offset;
+  }
+  int64_t step() const { return step_; }
+
+ private:
+  const float* data_;
+  std::vector<int64_t> sizes_;
+  std::vector<int64_t> strides_;
+  int64_t step_;
+};
+
+// round(v) clamped to [-128, 127], ties to even, NaN to 0: the clamp comes first, which rounds
+// alike, so adding and removing 1.5 * 2^23 rounds in fp32 (vectorizable, no library call).
+inline int8_t int8_code(float v) {
+  constexpr float kRound = 12582912.0f;
+  v = v != v ? 0.0f : v;
+  v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+  return static_cast<int8_t>(static_cast<int32_t>((v + kRound) - kRound));
+}
+
+// clamp(v, -max, max) (NaN stays NaN) rounded to the float8 format Code.
+template <class Code>
+inline Code float8_code(float v) {
+  const float limit = static_cast<float>(std::numeric_limits<Code>::max());
+  v = v < -limit ? -limit : (v > limit ? limit : v);
+  return Code(v);
+}
+
+// out[r, j] = f(in[r, j], scale of [r, j]) for every row r of a contiguous tensor, in parallel.
+template <class In, class Out, class F>
+void map_rows(const Tensor& input, const RowScales& scales, Tensor& output, const F& f) {
+  const int64_t width = input.size(input.dim() - 1);
+  const int64_t rows = input.numel() / width;
+  const In* in = static_cast<const In*>(input.const_data_ptr());
+  Out* out = static_cast<Out*>(output.mutable_data_ptr());
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / width);
+  torch::stable::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* scale = scales.row(r);
+      const In* x = in + r * width;
+      Out* y = out + r * width;
+      if (scales.step() == 0) {  // one scale per row: the loop vectorizes
+        const float row_scale = *scale;
+        for (int64_t j = 0; j < width; ++j) {
+          y[j] = f(x[j], row_scale);
+        }
+      } else {
+        for (int64_t j = 0; j < width; ++j) {
+          y[j] = f(x[j], scale[j]);
+        }
+      }
+    }
+  });
+}
+
+template <class In, class Code>
+void quantize_rows(const Tensor& input, const RowScales& scales, Tensor& codes) {
+  map_rows<In, Code>(input, scales, codes, [](In x, float scale) {
+    const float v = static_cast<float>(x) / scale;
+    if constexpr (std::is_same_v<Code, int8_t>) {
+      return int8_code(v);
+    } else {
+      return float8_code<Code>(v);
+    }
+  });
+}
+
+template <class Code, class Out>
+void dequantize_rows(const Tensor& codes, const RowScales& scales, Tensor& values) {
+  map_rows<Code, Out>(codes, scales, values, [](Code q, float scale) {
+    return static_cast<Out>(static_cast<float>(q) * scale);
+  });
+}
+
+// Calls body.template operator()<T>() with T the C++ type of a float dtype.
+template <class Body>
+void with_float_type(ScalarType dtype, const Body& body) {
+  switch (dtype) {
+    case ScalarType::Float: return body.template operator()<float>();
+    case ScalarType::Double: return body.template operator()<double>();
+    case ScalarType::BFloat16: return body.template operator()<c10::BFloat16>();
+    default: return body.template operator()<c10::Half>();
+  }
+}
+
+// The same for the dtype of symmetric codes.
+template <class Body>
+void with_code_type(ScalarType dtype, const Body& body) {
+  switch (dtype) {
+    case ScalarType::Char: return body.template operator()<int8_t>();
+    case ScalarType::Float8_e4m3fn: return body.template operator()<c10::Float8_e4m3fn>();
+    case ScalarType::Float8_e5m2: return body.template operator()<c10::Float8_e5m2>();
+    case ScalarType::Float8_e4m3fnuz: return body.template operator()<c10::Float8_e4m3fnuz>();
+    default: return body.template operator()<c10::Float8_e5m2fnuz>();
+  }
+}
+
+const char* const kCodeDtypes =
+    "(int8, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz)";
+
+Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarType dtype) {
+  const char* op = "quantize_symmetric";
+  check_floating(op, "input", input);
+  check_floating(op, "scale", scale);
+  STD_TORCH_CHECK(
+      is_symmetric_code_dtype(dtype), "quanta::", op, ": dtype must be one of ", kCodeDtypes,
+      ", got ", dtype_name(dtype));
+  check_broadcasts_to(op, "scale", scale, input);
+  const std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
+  Tensor codes = torch::stable::new_empty(input, sizes, dtype);
+  if (input.numel() == 0) {
+    return codes;
+  }
+  const Tensor x = input.dim() == 0 ? torch::stable::reshape(input, {1}) : input;
+  const Tensor contiguous = torch::stable::contiguous(x);
+  const Tensor scale32 = float32_contiguous(scale);
+  const RowScales scales(scale32, contiguous);
+  Tensor flat = torch::stable::reshape(codes, {contiguous.sizes().begin(), contiguous.sizes().end()});
+  with_float_type(input.scalar_type(), [&]<class In>() {
+    with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(contiguous, scales, flat); });
+  });
+  return codes;
+}
+
+Tensor dequantize_symmetric_cpu(const Tensor& codes, const Tensor& scale, ScalarType dtype) {
+  const char* op = "dequantize_symmetric";
+  STD_TORCH_CHECK(
+      is_symmetric_code_dtype(codes.scalar_type()), "quanta::", op, ": codes must have dtype in ",
+      kCodeDtypes, ", got ", dtype_name(codes.scalar_type()));
+  check_floating(op, "scale", scale);
+  STD_TORCH_CHECK(
+      is_float_dtype(dtype), "quanta::", op,
+      ": dtype must be one of (float32, float16, bfloat16, float64), got ", dtype_name(dtype));
+  check_broadcasts_to(op, "scale", scale, codes);
+  const std::vector<int64_t> sizes(codes.sizes().begin(), codes.sizes().end());
+  Tensor values = torch::stable::new_empty(codes, sizes, dtype);
+  if (codes.numel() == 0) {
+    return values;
+  }
+  const Tensor q = codes.dim() == 0 ? torch::stable::reshape(codes, {1}) : codes;
+  const Tensor contiguous = torch::stable::contiguous(q);
+  const Tensor scale32 = float32_contiguous(scale);
+  const RowScales scales(scale32, contiguous);
+  Tensor flat = torch::stable::reshape(values, {contiguous.sizes().begin(), contiguous.sizes().end()});
+  with_code_type(codes.scalar_type(), [&]<class Code>() {
+    with_float_type(dtype, [&]<class Out>() { dequantize_rows<Code, Out>(contiguous, scales, flat); });
+  });
+  return values;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(quanta, CPU, m) {
+  m.impl("quantize_symmetric", TORCH_BOX(&quantize_symmetric_cpu));
+  m.impl("dequantize_symmetric", TORCH_BOX(&dequantize_symmetric_cpu));
+}
