@@ -15,10 +15,12 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffusers.quantizers import PipelineQuantizationConfig  # noqa: E402
 
-import quanta.qintegrations  # noqa: E402, F401  (installs the registration hook)
+import quanta.qintegrations  # noqa: E402  (installs the registration hook)
+import quanta.qio  # noqa: E402
 from quanta.qcalib import Calibration  # noqa: E402
 from quanta.qintegrations.diffusers import (  # noqa: E402
     QuantaConfig,
+    QuantaDiffusersQuantizer,
     attach_quantizer,
     quantize_model,
 )
@@ -106,7 +108,35 @@ def _flux_inputs():
     }
 
 
-MODELS = {"unet": (_unet, _unet_inputs), "sd3": (_sd3, _sd3_inputs), "flux": (_flux, _flux_inputs)}
+def _pixart():
+    return diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        norm_num_groups=4,
+        cross_attention_dim=16,
+        sample_size=8,
+        caption_channels=16,
+    )
+
+
+def _pixart_inputs():
+    return {
+        "hidden_states": torch.randn(1, 4, 8, 8),
+        "encoder_hidden_states": torch.randn(1, 5, 16),
+        "timestep": torch.tensor([3]),
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    }
+
+
+MODELS = {
+    "unet": (_unet, _unet_inputs),
+    "sd3": (_sd3, _sd3_inputs),
+    "flux": (_flux, _flux_inputs),
+    "pixart": (_pixart, _pixart_inputs),
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +176,7 @@ def test_quantize_on_load_then_save_and_reload(name, float_dirs, tmp_path):
     quantized = _quantized_modules(model)
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert len(quantized) == len(layers) and all(m.is_frozen for m in quantized.values())
-    if name != "flux":  # Flux has no convolution
+    if name not in ("flux", "pixart"):  # PixArt's patch embedding is its only convolution
         assert any(isinstance(m, torch.nn.Conv2d) for m in quantized.values())
     reference = _output(_load(cls, float_dir), inputs)
     output = _output(model, inputs)
@@ -197,19 +227,53 @@ def test_float8_weights_static_int8_activations_and_bfloat16(float_dirs, tmp_pat
     assert torch.equal(_output(reloaded, inputs), _output(model, inputs))
 
 
-def test_from_single_file_of_a_quantized_file(float_dirs, tmp_path):
-    float_dir, inputs = float_dirs["unet"]
-    cls = diffusers.UNet2DConditionModel
-    model = _load(cls, float_dir, quantization_config=QuantaConfig(weights="int4"))
+def _from_single_file(cls, path, float_dir):
+    """The documented single-file load: the config stored in the file, a config folder."""
+    config = QuantaConfig.from_single_file(path)
+    return cls.from_single_file(path, config=str(float_dir), quantization_config=config)
+
+
+@pytest.mark.parametrize("name", ["unet", "sd3", "flux"])  # PixArt has no from_single_file
+def test_from_single_file_of_a_quantized_file(name, float_dirs, tmp_path):
+    """int8 activations make the LayerNorms QLayerNorms, whose scales have no float name."""
+    float_dir, inputs = float_dirs[name]
+    cls = type(MODELS[name][0]())
+    config = QuantaConfig(weights="int4", activations="int8")
+    model = _load(cls, float_dir, quantization_config=config)
+    assert any(m.weight_qtype is None for m in _quantized_modules(model).values())
+    for module in _quantized_modules(model).values():
+        for scale in ("input_scale", "output_scale"):
+            if getattr(module, scale, None) is not None:
+                getattr(module, scale).fill_(0.05)  # as a calibration would
     model.save_pretrained(tmp_path)
-    path = tmp_path / SAFETENSORS
-    single = cls.from_single_file(
-        path, config=str(float_dir), quantization_config=QuantaConfig.from_single_file(path)
-    )
+    single = _from_single_file(cls, tmp_path / SAFETENSORS, float_dir)
+    assert single.state_dict().keys() == model.state_dict().keys()
+    for key, tensor in single.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[key]), key
+    assert torch.equal(_output(single, inputs), _output(model, inputs))
+
+
+def test_from_single_file_of_a_file_written_by_quanta_save(float_dirs, tmp_path):
+    float_dir, inputs = float_dirs["flux"]
+    cls = diffusers.FluxTransformer2DModel
+    model = freeze(quantize(cls.from_pretrained(float_dir), weights="int8", activations="int8"))
+    path = quanta.qio.save(model, tmp_path) / "model.safetensors"
+    single = _from_single_file(cls, path, float_dir)
     assert set(_quantized_modules(single)) == set(_quantized_modules(model))
     assert torch.equal(_output(single, inputs), _output(model, inputs))
+
+
+def test_from_single_file_without_the_stored_config_is_refused(float_dirs, tmp_path):
+    """Diffusers' single-file loader hands a quantizer the tensors, never the file's metadata."""
+    float_dir, _ = float_dirs["unet"]
+    cls = diffusers.UNet2DConditionModel
+    _load(cls, float_dir, quantization_config=QuantaConfig(weights="int4")).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ValueError, match=r"QuantaConfig.from_single_file\(path\)"):
-        cls.from_single_file(path, config=str(float_dir), quantization_config=QuantaConfig())
+        cls.from_single_file(
+            tmp_path / SAFETENSORS, config=str(float_dir), quantization_config=QuantaConfig()
+        )
 
 
 def test_from_single_file_of_a_float_file_quantizes_it(float_dirs):
@@ -307,3 +371,83 @@ def test_in_memory_helpers_refuse_bad_arguments(float_dirs):
         quantize_model(model, {"weights": "int8"})
     with pytest.raises(ValueError, match="frozen"):
         attach_quantizer(quantize(model, weights="int8"))
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    """A tiny WanTransformer3DModel: its class keeps time_embedder and norm1-3 in float32."""
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=1,
+        rope_max_seq_len=32,
+    )
+    path = tmp_path_factory.mktemp("wan")
+    model.save_pretrained(path)
+    return path
+
+
+def _wan_float_modules(model):
+    """The Linear and LayerNorm modules under Wan's `_keep_in_fp32_modules`."""
+    kept = diffusers.WanTransformer3DModel._keep_in_fp32_modules
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm))
+        and set(name.split(".")) & set(kept)
+    }
+
+
+def test_keep_in_fp32_modules_stay_float(wan_dir, tmp_path):
+    cls = diffusers.WanTransformer3DModel
+    config = QuantaConfig(weights="int8", activations="int8")
+    model = _load(cls, wan_dir, quantization_config=config, torch_dtype=torch.bfloat16)
+    kept = _wan_float_modules(model)
+    assert {"condition_embedder.time_embedder.linear_1", "blocks.0.norm2"} <= set(kept)
+    assert not any(isinstance(module, QModuleMixin) for module in kept.values())
+    assert all(p.dtype == torch.float32 for m in kept.values() for p in m.parameters())
+    assert isinstance(model.blocks[0].attn1.to_q, QModuleMixin)
+    model.save_pretrained(tmp_path)
+    reloaded = _load(cls, tmp_path, torch_dtype=torch.bfloat16)
+    assert set(_quantized_modules(reloaded)) == set(_quantized_modules(model))
+    in_memory = quantize_model(cls.from_pretrained(wan_dir), QuantaConfig(weights="int8"))
+    assert not any(isinstance(m, QModuleMixin) for m in _wan_float_modules(in_memory).values())
+
+
+def test_device_map_cpu(float_dirs, tmp_path):
+    float_dir, inputs = float_dirs["sd3"]
+    cls = diffusers.SD3Transformer2DModel
+    expected = _output(
+        _load(cls, float_dir, quantization_config=QuantaConfig(weights="int4")), inputs
+    )
+    config = QuantaConfig(weights="int4")
+    model = _load(cls, float_dir, quantization_config=config, device_map="cpu")
+    assert torch.equal(_output(model, inputs), expected)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(_output(_load(cls, tmp_path, device_map={"": "cpu"}), inputs), expected)
+
+
+def test_offloading_device_maps_are_refused(float_dirs, tmp_path):
+    """Measured without the refusal: accelerate's disk hooks set the held-back placeholder
+    (shape [0]) as the weight."""
+    float_dir, _ = float_dirs["flux"]
+    cls = diffusers.FluxTransformer2DModel
+    _load(cls, float_dir, quantization_config=QuantaConfig(weights="int8")).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(
+        ValueError, match=r"offloads modules to \['disk'\].*device_map=\{'': 'cpu'\}"
+    ):
+        cls.from_pretrained(
+            tmp_path, device_map={"transformer_blocks": "disk", "": "cpu"}, offload_folder=tmp_path
+        )
+    quantizer = QuantaDiffusersQuantizer(QuantaConfig(), pre_quantized=False)
+    with pytest.raises(ValueError, match=r"offloads modules to \['cpu'\]"):
+        quantizer.validate_environment(device_map={"": 0, "proj_out": "cpu"})

@@ -203,11 +203,18 @@ def test_static_activations_calibrated_after_load_save_and_reload(
     assert reloaded.model.layers[0].mlp.down_proj.input_scale.item() == scale
 
 
-def test_device_map_auto(tiny_llama_dir, token_ids, tmp_path):
-    model = _load(tiny_llama_dir, quantization_config=QuantaConfig(weights="int4"))
+@pytest.mark.parametrize("device_map", [{"": "cpu"}, "auto"], ids=["cpu", "auto"])
+def test_device_map_on_load_and_reload(tiny_llama_dir, token_ids, tmp_path, device_map):
+    expected = _logits(
+        _load(tiny_llama_dir, quantization_config=QuantaConfig(weights="int4")), token_ids
+    )
+    config = QuantaConfig(weights="int4")
+    model = _load(tiny_llama_dir, quantization_config=config, device_map=device_map)
+    assert model.model.layers[1].mlp.up_proj.weight.device.type == "cpu"
+    assert torch.equal(_logits(model, token_ids), expected)
     model.save_pretrained(tmp_path)
-    reloaded = _load(tmp_path, device_map="auto", dtype=torch.float32)
-    assert torch.equal(_logits(reloaded, token_ids), _logits(model, token_ids))
+    reloaded = _load(tmp_path, device_map=device_map, dtype=torch.float32)
+    assert torch.equal(_logits(reloaded, token_ids), expected)
 
 
 def test_a_checkpoint_without_the_plugin_fails_loudly(tiny_llama_dir, tmp_path):
@@ -241,15 +248,43 @@ def test_quantized_model_copies_keep_working(tiny_llama_dir, token_ids):
     assert torch.equal(_logits(copy.deepcopy(model), token_ids), _logits(model, token_ids))
 
 
-def test_disk_offload_is_refused(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("pre_quantized", [False, True], ids=["quantizing", "saved"])
+def test_disk_offload_is_refused_with_what_to_do(tiny_llama_dir, tmp_path, pre_quantized):
+    """Measured without the refusal: accelerate's hooks reload a disk-offloaded weight as one
+    plain tensor, the float weight of the source checkpoint (quantized again at every call)
+    or the shape sentinel of a saved one (a shape error)."""
+    config = QuantaConfig(weights="int4")
+    source, kwargs = tiny_llama_dir, {"quantization_config": config}
+    if pre_quantized:
+        _load(tiny_llama_dir, quantization_config=config).save_pretrained(tmp_path / "saved")
+        source, kwargs = tmp_path / "saved", {}
     device_map = {"model": "cpu", "lm_head": "disk"}
-    with pytest.raises(ValueError, match="'disk'"):
+    with pytest.raises(
+        ValueError, match=r"offloads modules to \['disk'\].*device_map=\{'': 'cpu'\}"
+    ):
         AutoModelForCausalLM.from_pretrained(
-            tiny_llama_dir,
-            quantization_config=QuantaConfig(weights="int4"),
-            device_map=device_map,
-            offload_folder=tmp_path,
+            source, device_map=device_map, offload_folder=tmp_path / "offload", **kwargs
         )
+
+
+@pytest.mark.parametrize(
+    ("device_map", "refused"),
+    [
+        ({"model": 0, "lm_head": "cpu"}, True),  # CPU offload beside a GPU: accelerate's hooks
+        ({"model": "cuda:0", "lm_head": "disk"}, True),
+        ({"model": 0, "lm_head": 1}, False),  # several GPUs: no offload hooks
+        ({"model": "cpu", "lm_head": "cpu"}, False),
+        ({"": 0}, False),
+    ],
+)
+def test_device_maps_that_offload_are_refused(device_map, refused):
+    """The check also runs on the device_map that 'auto' resolves to (a GPU machine: no test)."""
+    quantizer = QuantaHfQuantizer(QuantaConfig(weights="int4"), pre_quantized=False)
+    if refused:
+        with pytest.raises(ValueError, match="cannot be offloaded by accelerate"):
+            quantizer.validate_environment(device_map=device_map)
+    else:
+        quantizer.validate_environment(device_map=device_map)
 
 
 def test_sharded_checkpoint(tiny_llama_dir, token_ids, tmp_path):

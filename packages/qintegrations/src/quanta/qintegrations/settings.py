@@ -16,6 +16,27 @@ from quanta.qmodules import quantize
 QUANT_METHOD = "quanta"
 # Optimizers that need statistics gathered before freeze cannot run while the weights load.
 LOAD_TIME_UNSUPPORTED_OPTIMIZERS = ("gptq",)
+# accelerate's offload hooks reload a module's parameters by name ("weight") from the checkpoint
+# or a state_dict, where quanta stores `weight.codes`, `weight.scale`...: measured, a CPU-offloaded
+# layer fails with a KeyError, a disk-offloaded one gets a placeholder or the float weight.
+OFFLOAD_DEVICES = {"cpu", "disk"}
+
+
+def check_device_map(device_map: Any) -> None:
+    """Refuse a device_map that accelerate would serve with offload hooks: modules on disk, or on
+    the CPU beside another device (a map of CPU only computes there, without hooks)."""
+    if not isinstance(device_map, dict):
+        return
+    devices = {str(device) for device in device_map.values()}
+    offloaded = devices & (OFFLOAD_DEVICES if devices - OFFLOAD_DEVICES else {"disk"})
+    if offloaded:
+        raise ValueError(
+            f"device_map={device_map!r} offloads modules to {sorted(offloaded)}: quanta's "
+            "quantized weights cannot be offloaded by accelerate (its hooks reload a weight as "
+            "one plain tensor). Keep every module on devices that compute: "
+            "device_map={'': 'cpu'}, a GPU, several GPUs, or device_map='auto' with max_memory "
+            "that fits the quantized model."
+        )
 
 
 class QuantaSettings:

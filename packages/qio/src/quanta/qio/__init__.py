@@ -1,5 +1,6 @@
 """quanta.qio: safetensors save and load of quantized models."""
 
+from quanta.qio.checkpoint import CONFIG_KEY
 from quanta.qio.config import (
     CONFIG_VERSION,
     LAYOUT_VERSION,
@@ -22,6 +23,7 @@ from quanta.qio.save import save
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONFIG_KEY",
     "CONFIG_VERSION",
     "LAYOUT_VERSION",
     "CheckpointError",

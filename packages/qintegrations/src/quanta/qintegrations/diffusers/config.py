@@ -10,6 +10,7 @@ from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 from safetensors import safe_open
 
 from quanta.qintegrations.settings import QUANT_METHOD, QuantaSettings
+from quanta.qio import CONFIG_KEY as QIO_CONFIG_KEY
 
 # The safetensors metadata entry where save_pretrained writes the whole QuantaConfig (JSON).
 METADATA_KEY = "quanta.quantization_config"
@@ -33,17 +34,21 @@ class QuantaConfig(QuantaSettings, QuantizationConfigMixin):
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike) -> QuantaConfig:
-        """The config that `save_pretrained` wrote into a quanta safetensors file's metadata."""
+        """The config stored in a quanta safetensors file's metadata: the whole config that
+        `save_pretrained` writes, or the per-module config of `quanta.save` (quanta.qio)."""
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         with safe_open(os.fspath(path), framework="pt") as file:
-            text = (file.metadata() or {}).get(METADATA_KEY)
-        if text is None:
-            raise ValueError(
-                f"{os.fspath(path)} has no '{METADATA_KEY}' metadata: it was not written by "
-                "save_pretrained of a Diffusers model quantized with quanta"
-            )
-        return cls.from_dict(json.loads(text))
+            metadata = file.metadata() or {}
+        if METADATA_KEY in metadata:
+            return cls.from_dict(json.loads(metadata[METADATA_KEY]))
+        if QIO_CONFIG_KEY in metadata:
+            return cls(weights=None, modules=json.loads(metadata[QIO_CONFIG_KEY]))
+        raise ValueError(
+            f"{os.fspath(path)} has no '{METADATA_KEY}' nor '{QIO_CONFIG_KEY}' metadata: it was "
+            "not written by save_pretrained of a Diffusers model quantized with quanta, nor by "
+            "quanta.save"
+        )
 
     def to_diff_dict(self) -> dict:
         """Every setting (what `repr` and `to_json_string` print)."""

@@ -2,10 +2,12 @@
 
 Diffusers loads a checkpoint key by key into the model's float-shaped state_dict, and its
 single-file loader converts any checkpoint whose keys differ from the float model's. So each
-quantized module's stored tensors (`weight.codes`, `weight.scale`, `weight.zero_point`,
-activation scales) are taken out of every shard and, once all of a module's have been read,
-replaced by one placeholder under the float name `<module>.weight`: its odd shape routes it
-to the quantizer, which assigns the held tensors to the module at once.
+quanta module's stored tensors (`weight.codes`, `weight.scale`, `weight.zero_point`,
+activation scales) are taken out of every shard. Once all of a quantized weight's have been
+read, one placeholder under the float name `<module>.weight` replaces them: its odd shape
+routes it to the quantizer, which assigns the held tensors to the module at once. The scales
+of modules quantizing activations only (QLayerNorm) have no float name: they are assigned
+after loading.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ BIAS = "bias"
 
 
 class HeldBackTensors:
-    """The stored tensors of the quantized modules `module_names`, collected shard by shard."""
+    """The stored tensors of the quanta modules `module_names`, collected shard by shard;
+    `quantized_weights` names those whose weight is quantized (they get a placeholder)."""
 
-    def __init__(self, module_names: Iterable[str]) -> None:
+    def __init__(self, module_names: Iterable[str], quantized_weights: Iterable[str]) -> None:
         self.module_names = set(module_names)
+        self.quantized_weights = set(quantized_weights)
         self.expected: dict[str, set[str]] | None = None  # module -> its stored names
         self.held: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
 
@@ -56,7 +60,8 @@ class HeldBackTensors:
         """Record every shard's keys; return them as Diffusers should see them."""
         self.expected = self._group(checkpoint_keys)
         kept = [key for key in checkpoint_keys if self._owner(key) is None]
-        return kept + [f"{module}.{WEIGHT}" for module in self.expected]
+        placeholders = [module for module in self.expected if module in self.quantized_weights]
+        return kept + [f"{module}.{WEIGHT}" for module in placeholders]
 
     def take(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hold back the stored tensors of `state_dict` (one shard, or a whole single file)."""
@@ -66,10 +71,16 @@ class HeldBackTensors:
             if owner is not None:
                 self.held[owner[0]][owner[1]] = state_dict.pop(key)
         for module, names in expected.items():
-            if module in self.held and set(self.held[module]) == names:
+            complete = module in self.held and set(self.held[module]) == names
+            if complete and module in self.quantized_weights:
                 state_dict[f"{module}.{WEIGHT}"] = PLACEHOLDER
         return state_dict
 
     def pop(self, module: str) -> dict[str, torch.Tensor] | None:
         """The held tensors of `module` (names relative to it), or None if it has none."""
         return self.held.pop(module, None)
+
+    def pop_all(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every tensor still held (activation-only modules' scales), by module."""
+        held, self.held = dict(self.held), defaultdict(dict)
+        return held

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from quanta.qintegrations.diffusers.config import QuantaConfig
-from quanta.qintegrations.diffusers.quantizer import QuantaDiffusersQuantizer
+from quanta.qintegrations.diffusers.quantizer import QuantaDiffusersQuantizer, excluded_patterns
 from quanta.qintegrations.module_weights import is_weight_quantized
 from quanta.qmodules import freeze, quantize
 
@@ -15,14 +15,16 @@ if TYPE_CHECKING:
 
 
 def quantize_model(model: ModelMixin, config: QuantaConfig) -> ModelMixin:
-    """Quantize a float Diffusers model in place with `config`, freeze it and attach the
-    quantizer (see `attach_quantizer`); returns `model`."""
+    """Quantize a float Diffusers model in place with `config` (the model class's
+    `_keep_in_fp32_modules` stay float), freeze it and attach the quantizer (see
+    `attach_quantizer`); returns `model`."""
     _check_model(model)
     if not isinstance(config, QuantaConfig):
         raise TypeError(f"config must be a QuantaConfig, got {type(config).__name__}")
     if config.modules is not None:
         raise ValueError("config holds a saved per-module config; pass quantization settings")
-    quantize(model, **config.quantize_arguments(exclude=list(config.modules_to_not_convert or [])))
+    exclude = excluded_patterns(config, _keep_in_fp32_modules(model))
+    quantize(model, **config.quantize_arguments(exclude=exclude))
     freeze(model)
     return attach_quantizer(model, config)
 
@@ -42,6 +44,12 @@ def attach_quantizer(model: ModelMixin, config: QuantaConfig | None = None) -> M
     quantizer.postprocess_model(model)  # records the per-module config
     model.hf_quantizer = quantizer
     return model
+
+
+def _keep_in_fp32_modules(model: ModelMixin) -> list[str]:
+    """The model class's `_keep_in_fp32_modules` as a list (Diffusers allows one str)."""
+    names = type(model)._keep_in_fp32_modules or []
+    return [names] if isinstance(names, str) else list(names)
 
 
 def _check_model(model: object) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from quanta.qintegrations.module_weights import (
     materialize_activation_scales,
     quantize_float_weight,
 )
+from quanta.qintegrations.settings import check_device_map
 from quanta.qio import apply_quantization_config, quantization_config
 from quanta.qmodules import QModuleMixin, quantize
 
@@ -34,6 +36,8 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
 
     quantization_config: QuantaConfig
     requires_calibration = False
+    # Diffusers hands the model class's `_keep_in_fp32_modules` to quantizers that declare this.
+    use_keep_in_fp32_modules = True
 
     def __init__(self, quantization_config: QuantaConfig, **kwargs: Any) -> None:
         if not isinstance(quantization_config, QuantaConfig):
@@ -41,7 +45,11 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
             raise TypeError(f"quantization_config must be a QuantaConfig, got {kind}")
         # A copy: loading records the per-module config in it, the caller's may serve again.
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
-        self.held_back = HeldBackTensors(_quantized_module_names(quantization_config))
+        self.held_back = HeldBackTensors(*_saved_module_names(quantization_config))
+
+    def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
+        """Refuse a device_map that would offload quantized weights (see check_device_map)."""
+        check_device_map(device_map)
 
     def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype:
         """float32 unless asked: Diffusers would otherwise cast stored tensors to the model's."""
@@ -86,18 +94,23 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         except (ValueError, RuntimeError) as error:
             raise ValueError(f"{module_name}: {error}") from error
 
-    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+    def _process_model_before_weight_loading(
+        self, model: nn.Module, keep_in_fp32_modules: list[str] | None = None, **kwargs: Any
+    ) -> None:
         config = self.quantization_config
         if config.modules is not None:
             apply_quantization_config(model, config.module_config())
         else:
-            exclude = list(config.modules_to_not_convert or [])
+            exclude = excluded_patterns(config, keep_in_fp32_modules or [])
             quantize(model, **config.quantize_arguments(exclude=exclude))
         model.register_to_config(quantization_config=config)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         loaded = (t.device for t in model.parameters() if not t.is_meta)
-        materialize_activation_scales(model, next(loaded, torch.device("cpu")))
+        device = next(loaded, torch.device("cpu"))
+        for module_name, held in self.held_back.pop_all().items():
+            _assign_activation_scales(model, module_name, held, device)
+        materialize_activation_scales(model, device)
         self.quantization_config.modules = quantization_config(model).to_json()
         return model
 
@@ -125,11 +138,42 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         return True
 
 
-def _quantized_module_names(config: QuantaConfig) -> list[str]:
+def excluded_patterns(config: QuantaConfig, keep_in_fp32_modules: Iterable[str]) -> list[str]:
+    """`modules_to_not_convert`, and the fnmatch patterns of the modules a model class keeps in
+    float32: Diffusers matches each name against a module's dotted parts, and so covers every
+    module under it."""
+    patterns = list(config.modules_to_not_convert or [])
+    for name in keep_in_fp32_modules:
+        patterns += [name, f"*.{name}", f"{name}.*", f"*.{name}.*"]
+    return patterns
+
+
+def _saved_module_names(config: QuantaConfig) -> tuple[list[str], list[str]]:
+    """The quanta modules of a saved config, and those among them whose weight is quantized."""
     if config.modules is None:
-        return []
+        return [], []
     modules = config.module_config().modules
-    return [name for name, entry in modules.items() if entry.weight_qtype is not None]
+    return list(modules), [
+        name for name, entry in modules.items() if entry.weight_qtype is not None
+    ]
+
+
+def _assign_activation_scales(
+    model: nn.Module,
+    module_name: str,
+    scales: dict[str, torch.Tensor],
+    default_device: torch.device,
+) -> None:
+    """Assign the saved scales of a module quantizing activations only (a QLayerNorm), on its
+    own tensors' device, in the dtype it was rebuilt with."""
+    module = model.get_submodule(module_name)
+    own = [t.device for t in module.parameters(recurse=False) if not t.is_meta]
+    for name, tensor in scales.items():
+        buffer = module._buffers.get(name)
+        if buffer is None:
+            raise ValueError(f"{module_name}: the checkpoint holds {name}, the module has none")
+        device = own[0] if own else default_device
+        module._buffers[name] = tensor.to(device=device, dtype=buffer.dtype)
 
 
 def _extra_tensor_of_quanta_module(model: nn.Module, key: str) -> bool:

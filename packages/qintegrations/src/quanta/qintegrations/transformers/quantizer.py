@@ -18,6 +18,7 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 
 from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
+from quanta.qintegrations.settings import check_device_map
 from quanta.qintegrations.transformers.config import QuantaConfig
 from quanta.qintegrations.transformers.operations import (
     DeserializeWeight,
@@ -52,12 +53,8 @@ class QuantaHfQuantizer(HfQuantizer):
             )
 
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
-        """Disk offload would write quantized weights as plain tensors: refused."""
-        if isinstance(device_map, dict) and "disk" in device_map.values():
-            raise ValueError(
-                "device_map offloads modules to 'disk', which quanta's quantized weights do not "
-                "support; map them to 'cpu' instead"
-            )
+        """Refuse a device_map that would offload quantized weights (see check_device_map)."""
+        check_device_map(device_map)
 
     @property
     def serialized_names(self) -> dict[str, list[str]]:
