@@ -66,10 +66,12 @@ def test_linear_symmetric(cpu_isa, codes_dtype, rows):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
-@pytest.mark.parametrize("group_size", [32, 64, 128, 24, 10])
+# (group_size, groups): 17 groups of 64 run the AVX512-BF16 path's 16-group step and its tail
+@pytest.mark.parametrize(
+    "group_size, groups", [(32, 3), (64, 3), (64, 17), (128, 3), (24, 3), (10, 3)]
+)
 @pytest.mark.parametrize("rows", ROWS)
-def test_linear_affine(cpu_isa, bits, group_size, rows):
-    groups = 3
+def test_linear_affine(cpu_isa, bits, group_size, groups, rows):
     k = group_size * groups
     codes = torch.randint(0, 2**bits, (N, k), dtype=torch.uint8)
     packed = torch.ops.quanta.pack(codes, bits)

@@ -3,7 +3,8 @@
 // activations and 4-bit weights. A nibble q becomes the bfloat16 128 + q with one OR
 // (0x4300 | q), so 64 codes cost one widening load, three logic ops and two vdpbf16ps (each sums
 // 32 products in pairs into 16 fp32 lanes): about half the work of the fp32 path. The 128 is
-// taken out with the group's zero: sum x * (q - z) = sum x * (128 + q) - (128 + z) * sum x.
+// taken out with the group's zero: sum x * (q - z) = sum x * (128 + q) - (128 + z) * sum x, for
+// all groups at once after the dot products.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -39,6 +40,23 @@ __m512bh as_bf16(__m512i v) {
   return reinterpret_cast<__m512bh&>(v);
 }
 
+// sum over the groups g of row n of scale * (128 + zero) * group_sum: the 128 of the codes and
+// the zero point, taken out once per output, 16 groups per step, after the dot products.
+float shifted_zero_terms(const WeightView& w, int64_t n, const float* group_sums) {
+  const int64_t groups = w.k / w.group_size;
+  const float* scale = w.scale + n * groups;
+  const float* zero = w.zero + n * groups;
+  const __m512 bf16_offset = _mm512_set1_ps(128.0f);
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __mmask16 lanes = groups - g >= 16 ? 0xFFFF : (1u << (groups - g)) - 1;
+    const __m512 shifted = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, zero + g), bf16_offset);
+    const __m512 weighted = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, scale + g), shifted);
+    total = _mm512_fmadd_ps(weighted, _mm512_maskz_loadu_ps(lanes, group_sums + g), total);
+  }
+  return _mm512_reduce_add_ps(total);
+}
+
 // out[m0 .. m0 + Rows, ns[0 .. Cols]] (see decode_block in linear_kernels_impl.h).
 template <int Rows, int Cols>
 void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
@@ -54,11 +72,9 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
 
   __m512 acc[Rows][Cols];
-  float offset[Rows][Cols];
   for (int r = 0; r < Rows; ++r) {
     for (int c = 0; c < Cols; ++c) {
       acc[r][c] = _mm512_setzero_ps();
-      offset[r][c] = 0.0f;
     }
   }
   for (int64_t g = 0; g < groups; ++g) {
@@ -88,20 +104,17 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
       }
     }
     for (int c = 0; c < Cols; ++c) {
-      const int64_t n = ns[c];
-      const float scale = w.scale[n * groups + g];
-      const float shifted_zero = 128.0f + w.zero[n * groups + g];
+      const __m512 scale = _mm512_set1_ps(w.scale[ns[c] * groups + g]);
       for (int r = 0; r < Rows; ++r) {
         const __m512 dot = _mm512_add_ps(dot_even[r][c], dot_odd[r][c]);
-        acc[r][c] = _mm512_fmadd_ps(dot, _mm512_set1_ps(scale), acc[r][c]);
-        offset[r][c] -= scale * shifted_zero * p.group_sums[(m0 + r) * groups + g];
+        acc[r][c] = _mm512_fmadd_ps(dot, scale, acc[r][c]);
       }
     }
   }
-  for (int r = 0; r < Rows; ++r) {
-    for (int c = 0; c < Cols; ++c) {
-      p.out[(m0 + r) * w.n + ns[c]] =
-          _mm512_reduce_add_ps(acc[r][c]) + offset[r][c] + p.bias[ns[c]];
+  for (int c = 0; c < Cols; ++c) {
+    for (int r = 0; r < Rows; ++r) {
+      p.out[(m0 + r) * w.n + ns[c]] = _mm512_reduce_add_ps(acc[r][c]) -
+          shifted_zero_terms(w, ns[c], p.group_sums + (m0 + r) * groups) + p.bias[ns[c]];
     }
   }
 }
