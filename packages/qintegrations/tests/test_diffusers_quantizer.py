@@ -12,6 +12,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 diffusers = pytest.importorskip("diffusers")
+accelerate = pytest.importorskip("accelerate")
 
 from diffusers.quantizers import PipelineQuantizationConfig  # noqa: E402
 
@@ -20,7 +21,6 @@ import quanta.qio  # noqa: E402
 from quanta.qcalib import Calibration  # noqa: E402
 from quanta.qintegrations.diffusers import (  # noqa: E402
     QuantaConfig,
-    QuantaDiffusersQuantizer,
     attach_quantizer,
     quantize_model,
 )
@@ -434,9 +434,25 @@ def test_device_map_cpu(float_dirs, tmp_path):
     assert torch.equal(_output(_load(cls, tmp_path, device_map={"": "cpu"}), inputs), expected)
 
 
+def test_device_map_cpu_offload_after_loading(float_dirs):
+    """Diffusers offloads to the CPU only beside a GPU: its dispatch builds the hooks
+    cpu_offload builds, then postprocesses. (Diffusers cannot save an offloaded model, even a
+    float one: its state_dict holds meta tensors.)"""
+    float_dir, inputs = float_dirs["sd3"]
+    cls = diffusers.SD3Transformer2DModel
+    config = QuantaConfig(weights="int4")
+    with torch.no_grad():  # not inference_mode: see test_offload.py
+        expected = _load(cls, float_dir, quantization_config=config)(**inputs).sample
+        model = _load(cls, float_dir, quantization_config=config, device_map="cpu")
+        accelerate.cpu_offload(model, execution_device="cpu")
+        model.hf_quantizer.postprocess_model(model)
+        assert model.pos_embed.proj.weight.is_meta  # the QConv2d too
+        assert torch.equal(model(**inputs).sample, expected)
+
+
 def test_offloading_device_maps_are_refused(float_dirs, tmp_path):
     """Measured without the refusal: accelerate's disk hooks set the held-back placeholder
-    (shape [0]) as the weight."""
+    (shape [0]) as the weight. accelerate cannot move int8 weights (see test_offload.py)."""
     float_dir, _ = float_dirs["flux"]
     cls = diffusers.FluxTransformer2DModel
     _load(cls, float_dir, quantization_config=QuantaConfig(weights="int8")).save_pretrained(
@@ -448,6 +464,5 @@ def test_offloading_device_maps_are_refused(float_dirs, tmp_path):
         cls.from_pretrained(
             tmp_path, device_map={"transformer_blocks": "disk", "": "cpu"}, offload_folder=tmp_path
         )
-    quantizer = QuantaDiffusersQuantizer(QuantaConfig(), pre_quantized=False)
-    with pytest.raises(ValueError, match=r"offloads modules to \['cpu'\]"):
-        quantizer.validate_environment(device_map={"": 0, "proj_out": "cpu"})
+    with pytest.raises(ValueError, match=r"offloads modules to \['cpu'\].*qint8 \(QBytesTensor\)"):
+        cls.from_pretrained(tmp_path, device_map={"": 0, "proj_out": "cpu"})

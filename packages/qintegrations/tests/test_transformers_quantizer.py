@@ -250,9 +250,10 @@ def test_quantized_model_copies_keep_working(tiny_llama_dir, token_ids):
 
 @pytest.mark.parametrize("pre_quantized", [False, True], ids=["quantizing", "saved"])
 def test_disk_offload_is_refused_with_what_to_do(tiny_llama_dir, tmp_path, pre_quantized):
-    """Measured without the refusal: accelerate's hooks reload a disk-offloaded weight as one
-    plain tensor, the float weight of the source checkpoint (quantized again at every call)
-    or the shape sentinel of a saved one (a shape error)."""
+    """Measured without the refusal: Transformers' disk index points at the checkpoint's tensor
+    under the weight's name, the float weight (quantized again at every call) or the shape
+    sentinel of a saved one (a shape error); the quantized weight is dropped. test_offload.py
+    runs the way out the message gives."""
     config = QuantaConfig(weights="int4")
     source, kwargs = tiny_llama_dir, {"quantization_config": config}
     if pre_quantized:
@@ -260,7 +261,8 @@ def test_disk_offload_is_refused_with_what_to_do(tiny_llama_dir, tmp_path, pre_q
         source, kwargs = tmp_path / "saved", {}
     device_map = {"model": "cpu", "lm_head": "disk"}
     with pytest.raises(
-        ValueError, match=r"offloads modules to \['disk'\].*device_map=\{'': 'cpu'\}"
+        ValueError,
+        match=r"offloads modules to \['disk'\].*device_map=\{'': 'cpu'\}.*serve_quantized_weights",
     ):
         AutoModelForCausalLM.from_pretrained(
             source, device_map=device_map, offload_folder=tmp_path / "offload", **kwargs
@@ -270,21 +272,33 @@ def test_disk_offload_is_refused_with_what_to_do(tiny_llama_dir, tmp_path, pre_q
 @pytest.mark.parametrize(
     ("device_map", "refused"),
     [
-        ({"model": 0, "lm_head": "cpu"}, True),  # CPU offload beside a GPU: accelerate's hooks
+        ({"model": 0, "lm_head": "cpu"}, False),  # CPU offload beside a GPU: served quantized
         ({"model": "cuda:0", "lm_head": "disk"}, True),
+        ({"model": "cpu", "lm_head": "disk"}, True),
         ({"model": 0, "lm_head": 1}, False),  # several GPUs: no offload hooks
         ({"model": "cpu", "lm_head": "cpu"}, False),
         ({"": 0}, False),
     ],
 )
-def test_device_maps_that_offload_are_refused(device_map, refused):
+def test_device_maps_that_offload_to_disk_are_refused(device_map, refused):
     """The check also runs on the device_map that 'auto' resolves to (a GPU machine: no test)."""
     quantizer = QuantaHfQuantizer(QuantaConfig(weights="int4"), pre_quantized=False)
     if refused:
-        with pytest.raises(ValueError, match="cannot be offloaded by accelerate"):
+        with pytest.raises(ValueError, match=r"offloads modules to \['disk'\]"):
             quantizer.validate_environment(device_map=device_map)
     else:
         quantizer.validate_environment(device_map=device_map)
+
+
+def test_device_map_offloading_int8_weights_to_the_cpu_is_refused(tiny_llama_dir):
+    """accelerate cannot move a QBytesTensor (see test_offload.py): refused before loading,
+    once the quantized modules are known (no GPU is touched before)."""
+    with pytest.raises(ValueError, match=r"offloads modules to \['cpu'\].*qint8 \(QBytesTensor\)"):
+        AutoModelForCausalLM.from_pretrained(
+            tiny_llama_dir,
+            quantization_config=QuantaConfig(weights="int8"),
+            device_map={"model": 0, "lm_head": "cpu"},
+        )
 
 
 def test_sharded_checkpoint(tiny_llama_dir, token_ids, tmp_path):

@@ -18,6 +18,11 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 
 from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
+from quanta.qintegrations.offload import (
+    offload_unsupported_weights,
+    read_offloaded_tensors,
+    serve_quantized_weights,
+)
 from quanta.qintegrations.settings import check_device_map
 from quanta.qintegrations.transformers.config import QuantaConfig
 from quanta.qintegrations.transformers.operations import (
@@ -46,6 +51,8 @@ class QuantaHfQuantizer(HfQuantizer):
         # A copy: loading records the per-module config in it, the caller's may serve again.
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
         self.scales_to_fill: list[str] = []
+        # The weight qtypes accelerate cannot offload, known once the model is built.
+        self.offload_unsupported: list[str] = []
         if self.pre_quantized and quantization_config.modules is None:
             raise ValueError(
                 "this checkpoint's quantization_config (quant_method 'quanta') has no per-module "
@@ -53,8 +60,9 @@ class QuantaHfQuantizer(HfQuantizer):
             )
 
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
-        """Refuse a device_map that would offload quantized weights (see check_device_map)."""
-        check_device_map(device_map)
+        """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
+        called again on the device_map that 'auto' resolves to, once the model is built."""
+        check_device_map(device_map, self.offload_unsupported)
 
     @property
     def serialized_names(self) -> dict[str, list[str]]:
@@ -83,13 +91,18 @@ class QuantaHfQuantizer(HfQuantizer):
         module = model.get_submodule(module_name) if module_name else model
         return tensor_name == WEIGHT and is_weight_quantized(module) and not module.is_frozen
 
-    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+    def _process_model_before_weight_loading(
+        self, model: nn.Module, device_map: Any = None, **kwargs: Any
+    ) -> None:
         if self.pre_quantized:
             apply_quantization_config(model, self.quantization_config.module_config())
-            return
-        arguments = self.quantization_config.quantize_arguments(exclude=self._exclusions(model))
-        quantize(model, **arguments)
-        self._defer_activation_only_scales(model)
+        else:
+            arguments = self.quantization_config.quantize_arguments(exclude=self._exclusions(model))
+            quantize(model, **arguments)
+            self._defer_activation_only_scales(model)
+        if device_map is not None:
+            self.offload_unsupported = offload_unsupported_weights(model)
+            check_device_map(device_map, self.offload_unsupported)
 
     def _exclusions(self, model: nn.Module) -> list[str]:
         """The user's patterns (or Transformers' default), fp32 modules and tied weights."""
@@ -110,15 +123,17 @@ class QuantaHfQuantizer(HfQuantizer):
         ]
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        serve_quantized_weights(model)  # Transformers dispatched the model just before
         for key in self.scales_to_fill:
             model.get_buffer(key).fill_(1.0)  # uncalibrated, like every static scale
         self.quantization_config.modules = quantization_config(model).to_json()
         return model
 
     def get_state_dict_and_metadata(self, model: nn.Module) -> tuple[dict, dict]:
-        """The frozen layout, a shape sentinel per quantized weight, and the current config."""
+        """The frozen layout (offloaded tensors read back), a shape sentinel per quantized weight,
+        and the current config."""
         self.quantization_config.modules = quantization_config(model).to_json()
-        state_dict = model.state_dict()
+        state_dict = read_offloaded_tensors(model, model.state_dict())
         for name, module in model.named_modules():
             if isinstance(module, QModuleMixin) and module.is_frozen:
                 state_dict[f"{name}.{WEIGHT}"] = shape_sentinel(module._parameters[WEIGHT])
