@@ -109,8 +109,9 @@ def test_opcheck_linear_ops(cpu_isa, rows):
 
 
 @pytest.mark.parametrize("rows", ROWS)
-def test_linear_int8(rows):
-    """The native W8A8 op (oneDNN's int8 product, then the scaling) equals the reference exactly."""
+def test_linear_int8(cpu_isa, rows):
+    """The native W8A8 op (the VNNI decode kernel or oneDNN's int8 product, then the scaling)
+    equals the reference exactly."""
     torch.manual_seed(rows)
     k = 1211
     input = torch.randint(-128, 128, (rows, k), dtype=torch.int8)

@@ -8,6 +8,7 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include "qkernels/cpu_isa.h"
+#include "qkernels/linear_cpu.h"
 
 namespace quanta::qkernels::cpu {
 
@@ -20,7 +21,9 @@ Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    const bool bf16 =
+        __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+    return bf16 ? Isa::kAvx512Bf16 : Isa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     return Isa::kAvx2;
@@ -34,6 +37,21 @@ Isa detect_isa() {
 Isa best_isa() {
   static const Isa best = detect_isa();
   return best;
+}
+
+const LinearKernels& linear_kernels(Isa isa) {
+  switch (isa) {
+#ifdef QKERNELS_X86_KERNELS
+    case Isa::kAvx512Bf16:
+      return avx512_bf16::kLinearKernels;
+    case Isa::kAvx512:
+      return avx512::kLinearKernels;
+    case Isa::kAvx2:
+      return avx2::kLinearKernels;
+#endif
+    default:
+      return portable::kLinearKernels;
+  }
 }
 
 const char* isa_name(Isa isa) {

@@ -32,10 +32,12 @@ using quanta::qkernels::cpu::LinearKernels;
 using quanta::qkernels::cpu::OutputDtype;
 using quanta::qkernels::cpu::WeightFormat;
 using quanta::qkernels::cpu::WeightView;
+using quanta::qkernels::cpu::Int32Product;
 using quanta::qkernels::cpu::box;
 using quanta::qkernels::cpu::call_op;
 using quanta::qkernels::cpu::convert;
 using quanta::qkernels::cpu::float32_contiguous;
+using quanta::qkernels::cpu::linear_kernels;
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
@@ -45,21 +47,6 @@ constexpr int64_t kGrainBytes = 1 << 15;
 // Bytes of dequantized weight per block of the prefill path: large enough that aten::mm runs at
 // full speed (measured: 1 MiB blocks cost ~15% more than 8 MiB ones on 512 x 4096 x 4096).
 constexpr int64_t kPrefillBlockBytes = 1 << 23;
-
-const LinearKernels& kernels(Isa isa) {
-  switch (isa) {
-#ifdef QKERNELS_X86_KERNELS
-    case Isa::kAvx512Bf16:
-      return quanta::qkernels::cpu::avx512_bf16::kLinearKernels;
-    case Isa::kAvx512:
-      return quanta::qkernels::cpu::avx512::kLinearKernels;
-    case Isa::kAvx2:
-      return quanta::qkernels::cpu::avx2::kLinearKernels;
-#endif
-    default:
-      return quanta::qkernels::cpu::portable::kLinearKernels;
-  }
-}
 
 std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtype) {
   return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
@@ -133,7 +120,7 @@ Tensor decode_fp32(const Tensor& input2d, const WeightView& view, const Tensor& 
       m,
       bias32.const_data_ptr<float>(),
       out.mutable_data_ptr<float>()};
-  const LinearKernels& impl = kernels(isa);
+  const LinearKernels& impl = linear_kernels(isa);
   const auto columns = [&](int64_t begin, int64_t end) { impl.decode(problem, begin, end); };
   torch::stable::parallel_for(0, view.n, grain_rows(view.row_bytes * m), columns);
   return out;
@@ -207,7 +194,7 @@ Tensor linear_prefill(
   Tensor block_out = torch::stable::new_empty(input2d, {m, std::min(block_rows, view.n)});
   Tensor out = torch::stable::new_empty(input2d, {m, view.n});
   const OutputDtype out_dtype = *output_dtype(dtype);
-  const LinearKernels& impl = kernels(quanta::qkernels::cpu::active_isa());
+  const LinearKernels& impl = linear_kernels(quanta::qkernels::cpu::active_isa());
   void* buffer_ptr = buffer.mutable_data_ptr();
   for (int64_t n0 = 0; n0 < view.n; n0 += block_rows) {
     const int64_t rows = std::min(block_rows, view.n - n0);
@@ -301,27 +288,36 @@ Tensor linear_affine_cpu(
   return linear_native(input, w, bias);
 }
 
-// The epilogue of linear_int8: out[i, j] = acc[i, j] * row_scale[i] * scale[j] + bias[j] in fp32
-// (the reference's order, and this file is built without FMA contraction, so the two agree
-// exactly), stored as Out. rows_scaled: whether row_scale has a value per row or a single one.
-template <class Out>
-void scale_int8_rows(
-    const int32_t* acc, const float* row_scale, bool rows_scaled, const float* scale,
-    const float* bias, Out* out, int64_t n, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float row = row_scale[rows_scaled ? i : 0];
-    for (int64_t j = 0; j < n; ++j) {
-      float value = static_cast<float>(acc[i * n + j]) * row * scale[j];
-      if (bias != nullptr) {
-        value = value + bias[j];
-      }
-      out[i * n + j] = static_cast<Out>(value);
+// The exact int32 product input2d @ codesᵀ of int8 [m, k] and [n, k]: up to kDecodeMaxRows rows
+// on AVX512-VNNI by the decode kernel (each weight row streamed once), else by aten::_int_mm.
+Tensor int8_product(const Tensor& input2d, const Tensor& codes) {
+  const int64_t m = input2d.size(0);
+  const int64_t k = input2d.size(1);
+  const int64_t n = codes.size(0);
+#ifdef QKERNELS_X86_KERNELS
+  if (m <= kDecodeMaxRows &&
+      quanta::qkernels::cpu::active_isa() == quanta::qkernels::cpu::Isa::kAvx512Bf16) {
+    Tensor shifted = torch::stable::new_empty(input2d, {m, k}, ScalarType::Byte);
+    const int8_t* x = input2d.const_data_ptr<int8_t>();
+    uint8_t* x_u8 = shifted.mutable_data_ptr<uint8_t>();
+    for (int64_t i = 0; i < m * k; ++i) {
+      x_u8[i] = static_cast<uint8_t>(x[i]) ^ 0x80;  // x + 128
     }
+    Tensor acc = torch::stable::new_empty(input2d, {m, n}, ScalarType::Int);
+    const quanta::qkernels::cpu::Int8DecodeProblem problem{
+        x_u8, codes.const_data_ptr<int8_t>(), m, k, n, acc.mutable_data_ptr<int32_t>()};
+    torch::stable::parallel_for(0, n, grain_rows(k * m), [&](int64_t begin, int64_t end) {
+      quanta::qkernels::cpu::avx512_bf16::decode_int8_product(problem, begin, end);
+    });
+    return acc;
   }
+#endif
+  return call_op<2>("aten::_int_mm", "", {box(input2d), box(torch::stable::transpose(codes, 0, 1))});
 }
 
 // int8 activations times int8 weights: the products summed exactly by aten::_int_mm (oneDNN:
-// AMX or AVX-512 VNNI where present), then scaled in one pass over the int32 result.
+// AMX or AVX-512 VNNI where present), then scaled in one vectorized pass over the int32 result
+// (scale_int32; the kernels are built without FMA contraction, so they round like the reference).
 Tensor linear_int8_cpu(
     const Tensor& input, const Tensor& input_scale, const Tensor& codes, const Tensor& scale,
     std::optional<Tensor> bias, ScalarType dtype) {
@@ -334,37 +330,29 @@ Tensor linear_int8_cpu(
   for (size_t d = 0; d + 1 < out_sizes.size(); ++d) {
     m *= out_sizes[d];
   }
-  Tensor out = torch::stable::new_empty(input, out_sizes, dtype);
   if (m == 0 || n == 0) {
-    return out;
+    return torch::stable::new_empty(input, out_sizes, dtype);
   }
-  const Tensor acc = k == 0
-      ? torch::stable::new_zeros(input, {m, n}, ScalarType::Int)
-      : call_op<2>(
-            "aten::_int_mm", "",
-            {box(torch::stable::contiguous(torch::stable::reshape(input, {m, k}))),
-             box(torch::stable::transpose(torch::stable::contiguous(codes), 0, 1))});
+  const Tensor input2d = torch::stable::contiguous(torch::stable::reshape(input, {m, k}));
+  const Tensor acc = k == 0 ? torch::stable::new_zeros(input, {m, n}, ScalarType::Int)
+                            : int8_product(input2d, torch::stable::contiguous(codes));
   const Tensor row_scale = float32_contiguous(input_scale);
   const Tensor scale32 = float32_contiguous(scale);
   const std::optional<Tensor> bias32 =
       bias.has_value() ? std::optional<Tensor>(float32_contiguous(*bias)) : std::nullopt;
-  const auto rows = [&]<class Out>(Out* out_data) {
-    torch::stable::parallel_for(0, m, grain_rows(n * 4), [&](int64_t begin, int64_t end) {
-      scale_int8_rows(
-          acc.const_data_ptr<int32_t>(), row_scale.const_data_ptr<float>(),
-          row_scale.numel() > 1, scale32.const_data_ptr<float>(),
-          bias32.has_value() ? bias32->const_data_ptr<float>() : nullptr, out_data, n, begin,
-          end);
-    });
-  };
+  const Int32Product product{
+      acc.const_data_ptr<int32_t>(), row_scale.const_data_ptr<float>(), row_scale.numel() > 1,
+      scale32.const_data_ptr<float>(),
+      bias32.has_value() ? bias32->const_data_ptr<float>() : nullptr, n};
+  // float64 is the float32 result widened, as in the reference.
+  const ScalarType stored = dtype == ScalarType::Double ? ScalarType::Float : dtype;
+  Tensor out = torch::stable::new_empty(input, out_sizes, stored);
+  const LinearKernels& impl = linear_kernels(quanta::qkernels::cpu::active_isa());
   void* data = out.mutable_data_ptr();
-  switch (dtype) {
-    case ScalarType::Float: rows(static_cast<float*>(data)); break;
-    case ScalarType::Double: rows(static_cast<double*>(data)); break;
-    case ScalarType::BFloat16: rows(static_cast<c10::BFloat16*>(data)); break;
-    default: rows(static_cast<c10::Half*>(data)); break;
-  }
-  return out;
+  torch::stable::parallel_for(0, m, grain_rows(n * 4), [&](int64_t begin, int64_t end) {
+    impl.scale_int32(product, *output_dtype(stored), data, begin, end);
+  });
+  return stored == dtype ? out : torch::stable::to(out, dtype);
 }
 
 }  // namespace

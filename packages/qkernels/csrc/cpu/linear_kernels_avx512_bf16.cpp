@@ -4,7 +4,8 @@
 // (0x4300 | q), so 64 codes cost one widening load, three logic ops and two vdpbf16ps (each sums
 // 32 products in pairs into 16 fp32 lanes): about half the work of the fp32 path. The 128 is
 // taken out with the group's zero: sum x * (q - z) = sum x * (128 + q) - (128 + z) * sum x, for
-// all groups at once after the dot products.
+// all groups at once after the dot products. Also the exact int8 x int8 product of a few rows
+// with AVX512-VNNI (every processor with AVX512-BF16 has it).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -149,6 +150,57 @@ void decode_uint4(const Bf16DecodeProblem& p, int64_t n_begin, int64_t n_end) {
   for_column_streams<kStreams>(
       p.m, n_begin, n_end, [&](const int64_t* ns) { decode_columns_of<kStreams>(p, ns); },
       [&](const int64_t* ns) { decode_columns_of<1>(p, ns); });
+}
+
+namespace {
+
+// acc[r0 .. r0 + Rows, n_begin .. n_end) of an Int8DecodeProblem: each weight row is read once,
+// 64 codes per step (the last step masked), against Rows activation rows.
+template <int Rows>
+void int8_product_rows(const Int8DecodeProblem& p, int64_t r0, int64_t n_begin, int64_t n_end) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    const int8_t* row = p.codes + n * p.k;
+    __m512i acc[Rows];
+    for (int r = 0; r < Rows; ++r) {
+      acc[r] = _mm512_setzero_si512();
+    }
+    __m512i code_sums = _mm512_setzero_si512();
+    for (int64_t kk = 0; kk < p.k; kk += 64) {
+      const __mmask64 lanes = p.k - kk >= 64 ? ~__mmask64{0} : (__mmask64{1} << (p.k - kk)) - 1;
+      __builtin_prefetch(row + kk + kPrefetchBytes);
+      const __m512i codes = _mm512_maskz_loadu_epi8(lanes, row + kk);
+      code_sums = _mm512_dpbusd_epi32(code_sums, ones, codes);
+      for (int r = 0; r < Rows; ++r) {
+        const __m512i x = _mm512_maskz_loadu_epi8(lanes, p.x + (r0 + r) * p.k + kk);
+        acc[r] = _mm512_dpbusd_epi32(acc[r], x, codes);
+      }
+    }
+    const int32_t offset = 128 * _mm512_reduce_add_epi32(code_sums);
+    for (int r = 0; r < Rows; ++r) {
+      p.acc[(r0 + r) * p.n + n] = _mm512_reduce_add_epi32(acc[r]) - offset;
+    }
+  }
+}
+
+}  // namespace
+
+void decode_int8_product(const Int8DecodeProblem& p, int64_t n_begin, int64_t n_end) {
+  int64_t r0 = 0;
+  for (; r0 + 8 <= p.m; r0 += 8) {
+    int8_product_rows<8>(p, r0, n_begin, n_end);
+  }
+  if (p.m - r0 >= 4) {
+    int8_product_rows<4>(p, r0, n_begin, n_end);
+    r0 += 4;
+  }
+  if (p.m - r0 >= 2) {
+    int8_product_rows<2>(p, r0, n_begin, n_end);
+    r0 += 2;
+  }
+  if (p.m - r0 >= 1) {
+    int8_product_rows<1>(p, r0, n_begin, n_end);
+  }
 }
 
 }  // namespace quanta::qkernels::cpu::avx512_bf16

@@ -222,9 +222,69 @@ void dequantize(const WeightView& w, OutputDtype dtype, void* out, int64_t n_beg
   });
 }
 
+inline float element_value(float value) {
+  return value;
+}
+inline float element_value(BFloat16Bits value) {
+  return bits_float(static_cast<uint32_t>(value.bits) << 16);
+}
+
+// Plain loops, vectorized by the compiler for the instruction set of the file that includes this.
+template <class In>
+void quantize_int8_rows(
+    const In* x, const float* scale, int8_t* codes, int64_t width, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float row_scale = scale[r];
+    const In* in = x + r * width;
+    int8_t* out = codes + r * width;
+    for (int64_t j = 0; j < width; ++j) {
+      out[j] = int8_code(element_value(in[j]) / row_scale);
+    }
+  }
+}
+
+void quantize_int8(
+    const void* x, InputDtype dtype, const float* scale, int8_t* codes, int64_t width,
+    int64_t begin, int64_t end) {
+  if (dtype == InputDtype::kBFloat16) {
+    quantize_int8_rows(static_cast<const BFloat16Bits*>(x), scale, codes, width, begin, end);
+  } else {
+    quantize_int8_rows(static_cast<const float*>(x), scale, codes, width, begin, end);
+  }
+}
+
+template <class Out>
+void scale_int32_rows(const Int32Product& p, Out* out, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float row_scale = p.row_scale[p.per_row ? i : 0];
+    const int32_t* acc = p.acc + i * p.n;
+    Out* y = out + i * p.n;
+    if (p.bias != nullptr) {
+      for (int64_t j = 0; j < p.n; ++j) {
+        store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * p.scale[j] + p.bias[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < p.n; ++j) {
+        store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * p.scale[j]);
+      }
+    }
+  }
+}
+
+void scale_int32(const Int32Product& p, OutputDtype dtype, void* out, int64_t begin, int64_t end) {
+  switch (dtype) {
+    case OutputDtype::kFloat32:
+      return scale_int32_rows(p, static_cast<float*>(out), begin, end);
+    case OutputDtype::kBFloat16:
+      return scale_int32_rows(p, static_cast<BFloat16Bits*>(out), begin, end);
+    case OutputDtype::kFloat16:
+      return scale_int32_rows(p, static_cast<Float16Bits*>(out), begin, end);
+  }
+}
+
 template <class V>
 constexpr LinearKernels make_linear_kernels() {
-  return {&decode<V>, &dequantize<V>};
+  return {&decode<V>, &dequantize<V>, &quantize_int8, &scale_int32};
 }
 
 }  // namespace

@@ -20,13 +20,18 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "linear_checks.h"
+#include "qkernels/cpu_isa.h"
+#include "qkernels/linear_cpu.h"
 #include "stable_helpers.h"
+#include "weight_codes.h"
 
 namespace {
 
 using quanta::qkernels::cpu::check_floating;
 using quanta::qkernels::cpu::dtype_name;
 using quanta::qkernels::cpu::float32_contiguous;
+using quanta::qkernels::cpu::InputDtype;
+using quanta::qkernels::cpu::int8_code;
 using quanta::qkernels::cpu::is_float_dtype;
 using quanta::qkernels::cpu::is_symmetric_code_dtype;
 using quanta::qkernels::cpu::shape_string;
@@ -83,15 +88,6 @@ class RowScales {
   std::vector<int64_t> strides_;
   int64_t step_;
 };
-
-// round(v) clamped to [-128, 127], ties to even, NaN to 0: the clamp comes first, which rounds
-// alike, so adding and removing 1.5 * 2^23 rounds in fp32 (vectorizable, no library call).
-inline int8_t int8_code(float v) {
-  constexpr float kRound = 12582912.0f;
-  v = v != v ? 0.0f : v;
-  v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-  return static_cast<int8_t>(static_cast<int32_t>((v + kRound) - kRound));
-}
 
 // clamp(v, -max, max) (NaN stays NaN) rounded to the float8 format Code.
 template <class Code>
@@ -170,6 +166,32 @@ void with_code_type(ScalarType dtype, const Body& body) {
   }
 }
 
+// The activations' common case, float32 or bfloat16 to int8 with a scale per row (or one for
+// all): the quantizer of the active instruction set (linear_kernels), vectorized. False when
+// the case is another one.
+bool quantize_int8_vectorized(const Tensor& x, const RowScales& scales, Tensor& codes) {
+  const ScalarType in = x.scalar_type();
+  if (codes.scalar_type() != ScalarType::Char || scales.step() != 0 ||
+      (in != ScalarType::Float && in != ScalarType::BFloat16)) {
+    return false;
+  }
+  const int64_t width = x.size(x.dim() - 1);
+  const int64_t rows = x.numel() / width;
+  std::vector<float> row_scales(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    row_scales[r] = *scales.row(r);
+  }
+  const InputDtype dtype = in == ScalarType::Float ? InputDtype::kFloat32 : InputDtype::kBFloat16;
+  const auto& impl = quanta::qkernels::cpu::linear_kernels(quanta::qkernels::cpu::active_isa());
+  const void* data = x.const_data_ptr();
+  int8_t* out = static_cast<int8_t*>(codes.mutable_data_ptr());
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / width);
+  torch::stable::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    impl.quantize_int8(data, dtype, row_scales.data(), out, width, begin, end);
+  });
+  return true;
+}
+
 const char* const kCodeDtypes =
     "(int8, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz)";
 
@@ -191,9 +213,11 @@ Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarTy
   const Tensor scale32 = float32_contiguous(scale);
   const RowScales scales(scale32, contiguous);
   Tensor flat = torch::stable::reshape(codes, {contiguous.sizes().begin(), contiguous.sizes().end()});
-  with_float_type(input.scalar_type(), [&]<class In>() {
-    with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(contiguous, scales, flat); });
-  });
+  if (!quantize_int8_vectorized(contiguous, scales, flat)) {
+    with_float_type(input.scalar_type(), [&]<class In>() {
+      with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(contiguous, scales, flat); });
+    });
+  }
   return codes;
 }
 

@@ -1,6 +1,7 @@
-// Torch-free CPU kernels of the weight-only linear ops (quanta::linear_symmetric and
-// quanta::linear_affine): a decode kernel for a few activation rows, and a weight dequantizer
-// for the prefill path (dequantize, then a dense matmul).
+// Torch-free CPU kernels of the linear ops: for the weight-only ones (quanta::linear_symmetric and
+// quanta::linear_affine) a decode kernel for a few activation rows and a weight dequantizer for
+// the prefill path (dequantize, then a dense matmul); for int8 activations (quanta::linear_int8
+// and quanta::quantize_symmetric) the activation quantizer and the scaling of the int32 product.
 #pragma once
 
 #include <cstdint>
@@ -52,14 +53,48 @@ struct Bf16DecodeProblem {
 };
 
 
+// int8 activations times int8 weights for a few rows (quanta::linear_int8 on AVX512-VNNI):
+// acc[r, j] = sum_k x[r, k] * codes[j, k], exact in int32. x is given as x + 128 (unsigned
+// bytes): vpdpbusd multiplies unsigned by signed bytes, and 128 * sum_k codes[j, k] is taken out.
+struct Int8DecodeProblem {
+  const uint8_t* x;      // [m, k]: the int8 activations + 128
+  const int8_t* codes;   // [n, k]
+  int64_t m;
+  int64_t k;
+  int64_t n;
+  int32_t* acc;          // [m, n]
+};
+
 // Where a dequantized weight goes: rows [n_begin, n_end) of a [n, k] array of this dtype.
 enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
+
+// The element type of the activations that the int8 quantizer reads.
+enum class InputDtype : int { kFloat32, kBFloat16 };
+
+// The int32 result of an int8 product and what scales it (quanta::linear_int8):
+// out[i, j] = acc[i, j] * row_scale[i] * scale[j] + bias[j], in fp32, in that order.
+struct Int32Product {
+  const int32_t* acc;       // [m, n]
+  const float* row_scale;   // [m], or a single value when !per_row
+  bool per_row;
+  const float* scale;       // [n]
+  const float* bias;        // [n], or nullptr
+  int64_t n;
+};
 
 // One implementation of each kernel per instruction set (csrc/cpu/linear_kernels_<isa>.cpp).
 struct LinearKernels {
   void (*decode)(const DecodeProblem& problem, int64_t n_begin, int64_t n_end);
   void (*dequantize)(
       const WeightView& weight, OutputDtype dtype, void* out, int64_t n_begin, int64_t n_end);
+  // codes[r, :] = x[r, :] / scale[r] rounded half to even and clamped to int8 (NaN to 0), for
+  // the rows [begin, end) of `width` elements.
+  void (*quantize_int8)(
+      const void* x, InputDtype dtype, const float* scale, int8_t* codes, int64_t width,
+      int64_t begin, int64_t end);
+  // Rows [begin, end) of an Int32Product, stored as dtype.
+  void (*scale_int32)(const Int32Product& product, OutputDtype dtype, void* out, int64_t begin,
+                      int64_t end);
 };
 
 namespace portable {
@@ -74,6 +109,11 @@ extern const LinearKernels kLinearKernels;
 namespace avx512_bf16 {
 extern const LinearKernels kLinearKernels;
 void decode_uint4(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
+void decode_int8_product(const Int8DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 }
+
+enum class Isa : int;
+// The kernels of an instruction set (see cpu_isa.h).
+const LinearKernels& linear_kernels(Isa isa);
 
 }  // namespace quanta::qkernels::cpu
