@@ -9,14 +9,15 @@ import torch
 transformers = pytest.importorskip("transformers")
 accelerate = pytest.importorskip("accelerate")
 
-from quanta.qintegrations.offload import (  # noqa: E402
-    offload_unsupported_weights,
-    serve_quantized_weights,
-)
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from quanta.qintegrations.offload import serve_quantized_weights  # noqa: E402
 from quanta.qintegrations.transformers import QuantaConfig  # noqa: E402
-from quanta.qmodules import QBitsTensor  # noqa: E402
+from quanta.qmodules import QTensor  # noqa: E402
 
 AutoModelForCausalLM = transformers.AutoModelForCausalLM
+# Every stored layout: QBitsTensor (int4) and QBytesTensor (int8 codes, float8 codes).
+WEIGHTS = ["int4", "int8", "float8"]
 # Both layers on disk, the rest beside them on the CPU, which computes (nothing CPU-offloaded).
 DISK_MAP = {
     "model.embed_tokens": "cpu",
@@ -28,51 +29,80 @@ DISK_MAP = {
 }
 
 
+class QuantizedLinearCount(TorchDispatchMode):
+    """Counts the quanta linear kernels run: one per weight that reached its layer quantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.name().startswith("quanta::linear")
+        return func(*args, **(kwargs or {}))
+
+
 def _load(path, **kwargs):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
-@torch.no_grad()  # what generate() and pipelines use; see test_inference_mode_is_refused
+@torch.no_grad()  # what generate() and pipelines use; inference_mode is tested apart
 def _logits(model, token_ids):
     return model(token_ids).logits
 
 
-@pytest.fixture
-def int4_model(tiny_llama_dir):
-    return _load(tiny_llama_dir, quantization_config=QuantaConfig(weights="int4"))
+@pytest.fixture(params=WEIGHTS)
+def quantized_model(request, tiny_llama_dir):
+    return _load(tiny_llama_dir, quantization_config=QuantaConfig(weights=request.param))
 
 
 @pytest.mark.parametrize("offload_buffers", [False, True], ids=["params", "buffers"])
-def test_cpu_offload_serves_the_stored_quantized_weights(int4_model, token_ids, offload_buffers):
-    expected = _logits(int4_model, token_ids)
-    layer = int4_model.model.layers[1].mlp.up_proj
-    codes = layer.weight.codes.data_ptr()
-    accelerate.cpu_offload(int4_model, execution_device="cpu", offload_buffers=offload_buffers)
-    serve_quantized_weights(serve_quantized_weights(int4_model))  # a second call changes nothing
+def test_cpu_offload_serves_the_stored_quantized_weights(
+    quantized_model, token_ids, offload_buffers
+):
+    expected = _logits(quantized_model, token_ids)
+    layer = quantized_model.model.layers[1].mlp.up_proj
+    weight_type, codes = type(layer.weight), layer.weight.codes.data_ptr()
+    accelerate.cpu_offload(quantized_model, execution_device="cpu", offload_buffers=offload_buffers)
+    serve_quantized_weights(serve_quantized_weights(quantized_model))  # again: changes nothing
     assert layer.weight.is_meta
     served = layer._hf_hook.weights_map["weight"]
-    assert isinstance(served, QBitsTensor) and served.codes.data_ptr() == codes  # no copy
-    assert torch.equal(_logits(int4_model, token_ids), expected)
-    assert torch.equal(_logits(int4_model, token_ids), expected)
+    assert type(served) is weight_type and served.codes.data_ptr() == codes  # no copy
+    assert torch.equal(_logits(quantized_model, token_ids), expected)
+    assert torch.equal(_logits(quantized_model, token_ids), expected)
+
+
+def test_inference_mode_runs_the_offloaded_weights_quantized(quantized_model, token_ids):
+    """There too accelerate's hooks move each weight with .to() and rebuild it as a parameter."""
+    expected = _logits(quantized_model, token_ids)
+    quantized = sum(isinstance(p, QTensor) for p in quantized_model.parameters())
+    accelerate.cpu_offload(quantized_model, execution_device="cpu")
+    serve_quantized_weights(quantized_model)
+    with torch.inference_mode(), QuantizedLinearCount() as kernels:
+        assert torch.equal(quantized_model(token_ids).logits, expected)
+    assert kernels.count == quantized
+    assert torch.equal(_logits(quantized_model, token_ids), expected)  # and no_grad after it
 
 
 @pytest.mark.filterwarnings("ignore:Attempting to save a model with offloaded modules")
-def test_disk_offload_writes_the_quantized_parts_then_saves(int4_model, token_ids, tmp_path):
-    expected = _logits(int4_model, token_ids)
+def test_disk_offload_writes_the_quantized_parts_then_saves(quantized_model, token_ids, tmp_path):
+    expected = _logits(quantized_model, token_ids)
     offload_dir = tmp_path / "offload"
-    accelerate.dispatch_model(int4_model, DISK_MAP, offload_dir=offload_dir)
-    serve_quantized_weights(int4_model)
+    accelerate.dispatch_model(quantized_model, DISK_MAP, offload_dir=offload_dir)
+    serve_quantized_weights(quantized_model)
     assert (offload_dir / "model.layers.0.mlp.up_proj.weight.codes.dat").is_file()
     assert not (offload_dir / "model.layers.0.mlp.up_proj.weight.dat").exists()  # no float
-    assert torch.equal(_logits(int4_model, token_ids), expected)
-    int4_model.save_pretrained(tmp_path / "saved")
+    assert torch.equal(_logits(quantized_model, token_ids), expected)
+    quantized_model.save_pretrained(tmp_path / "saved")
     assert torch.equal(_logits(_load(tmp_path / "saved"), token_ids), expected)
 
 
-def test_from_pretrained_serves_the_hooks_it_dispatched(tiny_llama_dir, token_ids, tmp_path):
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_from_pretrained_serves_the_hooks_it_dispatched(
+    tiny_llama_dir, token_ids, tmp_path, weights
+):
     """from_pretrained offloads to the CPU only beside a GPU; its dispatch builds the hooks
     cpu_offload builds (weights map: the state_dict of the CPU modules), then postprocesses."""
-    config = QuantaConfig(weights="int4")
+    config = QuantaConfig(weights=weights)
     expected = _logits(_load(tiny_llama_dir, quantization_config=config), token_ids)
     model = _load(tiny_llama_dir, quantization_config=config, device_map={"": "cpu"})
     accelerate.cpu_offload(model, execution_device="cpu")
@@ -80,22 +110,3 @@ def test_from_pretrained_serves_the_hooks_it_dispatched(tiny_llama_dir, token_id
     assert torch.equal(_logits(model, token_ids), expected)
     model.save_pretrained(tmp_path)
     assert torch.equal(_logits(_load(tmp_path), token_ids), expected)
-
-
-def test_inference_mode_is_refused(int4_model, token_ids):
-    """There a QTensor's .to() would hand accelerate the dequantized float weight."""
-    accelerate.cpu_offload(int4_model, execution_device="cpu")
-    serve_quantized_weights(int4_model)
-    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"torch\.no_grad\(\)"):
-        int4_model(token_ids)
-
-
-@pytest.mark.parametrize(
-    ("weights", "unsupported"),
-    [("int4", []), ("int8", ["qint8 (QBytesTensor)"])],
-)
-def test_weights_accelerate_cannot_offload_are_listed(tiny_llama_dir, weights, unsupported):
-    """accelerate rebuilds a parameter as type(param)(tensor, requires_grad=...), which
-    QBytesTensor does not support (it names QBitsTensor among the types it knows)."""
-    model = _load(tiny_llama_dir, quantization_config=QuantaConfig(weights=weights))
-    assert offload_unsupported_weights(model) == unsupported

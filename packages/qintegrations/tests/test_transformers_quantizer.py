@@ -290,17 +290,6 @@ def test_device_maps_that_offload_to_disk_are_refused(device_map, refused):
         quantizer.validate_environment(device_map=device_map)
 
 
-def test_device_map_offloading_int8_weights_to_the_cpu_is_refused(tiny_llama_dir):
-    """accelerate cannot move a QBytesTensor (see test_offload.py): refused before loading,
-    once the quantized modules are known (no GPU is touched before)."""
-    with pytest.raises(ValueError, match=r"offloads modules to \['cpu'\].*qint8 \(QBytesTensor\)"):
-        AutoModelForCausalLM.from_pretrained(
-            tiny_llama_dir,
-            quantization_config=QuantaConfig(weights="int8"),
-            device_map={"model": 0, "lm_head": "cpu"},
-        )
-
-
 def test_sharded_checkpoint(tiny_llama_dir, token_ids, tmp_path):
     model = _load(tiny_llama_dir, quantization_config=QuantaConfig(weights="int4"))
     model.save_pretrained(tmp_path, max_shard_size="40KB")  # a module's parts may span shards

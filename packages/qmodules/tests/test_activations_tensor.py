@@ -1,5 +1,7 @@
 """QActivationTensor: which ops stay quantized, which fall back to float, and how."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,9 +45,11 @@ def test_quantize_round_trip_keeps_shape_and_dtype(qtype, uniform_inputs):
     ids=["view", "reshape", "transpose", "permute", "slice", "expand", "t-view", "relu", "F.relu"],
 )
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_layout_ops_and_relu_stay_quantized_and_exact(op, qtype, uniform_inputs):
-    q = quantized(uniform_inputs(2, 3, 8), qtype)
-    result = op(q)
+@pytest.mark.parametrize("mode", [contextlib.nullcontext, torch.inference_mode])
+def test_layout_ops_and_relu_stay_quantized_and_exact(op, qtype, mode, uniform_inputs):
+    q = quantized(uniform_inputs(2, 3, 8), qtype)  # outside inference mode, used in either
+    with mode():
+        result = op(q)
     assert isinstance(result, QActivationTensor) and result.scale is q.scale
     assert torch.equal(result.dequantize(), op(q.dequantize()))
 

@@ -127,6 +127,39 @@ def test_device_moves_carry_every_inner_tensor(make):
     assert back.device.type == "cpu" and torch.equal(back.dequantize(), tensor.dequantize())
 
 
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_moves_in_inference_mode_stay_quantized_as_in_no_grad(make):
+    """There aten.to reaches the QTensor whole (no autograd key to decompose it)."""
+    tensor = make()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            half, meta = tensor.to(torch.float16), tensor.to("meta")
+            assert tensor.to(torch.float32) is tensor and tensor.to("cpu") is tensor
+        assert type(half) is type(tensor) and half.scale.dtype == torch.float16
+        assert type(meta) is type(tensor) and meta.codes.is_meta
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_views_in_inference_mode_of_a_tensor_made_outside(make):
+    """Views share their base's version counter: built as normal tensors, as torch does."""
+    tensor = make()
+    with torch.inference_mode():
+        parameter = torch.nn.Parameter(tensor, requires_grad=False)
+        transposed = tensor.t()
+    assert isinstance(parameter, torch.nn.Parameter) and type(parameter) is type(tensor)
+    assert torch.equal(parameter.dequantize(), tensor.dequantize())
+    assert torch.equal(transposed, tensor.dequantize().t())
+
+
+@pytest.mark.parametrize("make", [bytes_tensor, bits_tensor])
+def test_the_type_called_on_a_tensor_makes_it_a_parameter(make):
+    """accelerate rebuilds each parameter it moves as type(param)(tensor, requires_grad=...)."""
+    tensor = make()
+    parameter = type(tensor)(tensor, requires_grad=False)
+    assert isinstance(parameter, torch.nn.Parameter) and type(parameter) is type(tensor)
+    assert not parameter.requires_grad and parameter.codes.data_ptr() == tensor.codes.data_ptr()
+
+
 def test_repr_names_layout_and_settings():
     text = repr(bits_tensor())
     assert "QBitsTensor" in text and "qint4" in text and "group_size=32" in text

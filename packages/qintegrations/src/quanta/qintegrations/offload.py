@@ -5,19 +5,19 @@ accelerate's `AlignDevicesHook` reloads an offloaded module's tensors by paramet
 offload folder), where a frozen quanta module stores its weight as parts (`weight.codes`,
 `weight.scale`...). `serve_quantized_weights` wraps each offloading hook's map so that "weight"
 is the QTensor assembled from those parts: the offloaded tensors themselves, no float copy.
+The hooks then move it with `.to()` and rebuild it as `type(param)(tensor, requires_grad=...)`,
+which every QTensor type supports, under torch.no_grad() and torch.inference_mode() alike.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
-from quanta.qmodules import QTensor, freeze
+from quanta.qmodules import QTensor
 
 if TYPE_CHECKING:
     from accelerate.hooks import AlignDevicesHook
@@ -38,12 +38,6 @@ class QuantizedWeightsMap(Mapping):
         template = self.templates.get(key)
         if template is None:
             return self.parts[key]
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"the offloaded quantized weight {key!r} cannot be reloaded inside "
-                "torch.inference_mode(): there accelerate's hooks would dequantize it (a QTensor's "
-                ".to() falls back to the float tensor); run the model under torch.no_grad()"
-            )
         names, attributes = template.__tensor_flatten__()
         inner = {name: self.parts[f"{key}.{name}"] for name in names}
         return type(template).__tensor_unflatten__(inner, attributes, template.shape, None)
@@ -67,23 +61,6 @@ def serve_quantized_weights(model: nn.Module) -> nn.Module:
             if hook.offload and hook.weights_map is not None:
                 _wrap_weights_map(module, hook)
     return model
-
-
-def offload_unsupported_weights(model: nn.Module) -> list[str]:
-    """The weight qtypes of `model`'s quantized modules that accelerate's hooks cannot offload.
-
-    Offloading moves each parameter to the meta device and back through
-    `set_module_tensor_to_device`, which rebuilds it as `type(param)(tensor, requires_grad=...)`
-    for tensor types it does not know: tried on a frozen copy of one module per qtype.
-    """
-    one_per_qtype = {
-        module.weight_qtype: module for module in model.modules() if is_weight_quantized(module)
-    }
-    return sorted(
-        f"{qtype.name} ({type(probe.weight).__name__})"
-        for qtype, module in one_per_qtype.items()
-        if not _moves_to_meta(probe := _frozen_copy(module))
-    )
 
 
 def read_offloaded_tensors(
@@ -134,19 +111,3 @@ def _wrap_weights_map(module: nn.Module, hook: AlignDevicesHook) -> None:
     }
     if templates:
         hook.weights_map = QuantizedWeightsMap(hook.weights_map, templates)
-
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    probe = copy.deepcopy(module)
-    probe.weight_optimizer = None  # the stored weight's type does not depend on it (HQQ, GPTQ)
-    return freeze(probe)
-
-
-def _moves_to_meta(module: nn.Module) -> bool:
-    from accelerate.utils import set_module_tensor_to_device
-
-    try:  # with a value, as a hook reloads it: a tensor already on meta would not be rebuilt
-        set_module_tensor_to_device(module, WEIGHT, "meta", value=module.weight)
-    except TypeError:
-        return False
-    return True

@@ -6,7 +6,6 @@ config mixin (`transformers.QuantaConfig`, `diffusers.QuantaConfig`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from torch import nn
@@ -17,25 +16,12 @@ from quanta.qmodules import quantize
 QUANT_METHOD = "quanta"
 # Optimizers that need statistics gathered before freeze cannot run while the weights load.
 LOAD_TIME_UNSUPPORTED_OPTIMIZERS = ("gptq",)
-# The devices accelerate serves with offload hooks (see quanta.qintegrations.offload).
-OFFLOAD_DEVICES = {"cpu", "disk"}
 
 
-def _offloading_devices(device_map: Any) -> set[str]:
-    """The devices of `device_map` that accelerate serves with offload hooks: disk, and the CPU
-    beside another device (a map of the CPU only computes there, without hooks)."""
-    if not isinstance(device_map, dict):
-        return set()
-    devices = {str(device) for device in device_map.values()}
-    return devices & (OFFLOAD_DEVICES if devices - OFFLOAD_DEVICES else {"disk"})
-
-
-def check_device_map(device_map: Any, offload_unsupported: Sequence[str] = ()) -> None:
-    """Refuse a device_map whose offload from_pretrained cannot serve quantized: any module on
-    disk, and a CPU offload of weights accelerate cannot move (`offload_unsupported`, the
-    qtypes that quanta.qintegrations.offload.offload_unsupported_weights lists)."""
-    offloaded = _offloading_devices(device_map)
-    if "disk" in offloaded:
+def check_device_map(device_map: Any) -> None:
+    """Refuse a device_map with modules on disk, whose offload from_pretrained cannot serve
+    quantized (a CPU offload is served: quanta.qintegrations.offload.serve_quantized_weights)."""
+    if isinstance(device_map, dict) and "disk" in {str(d) for d in device_map.values()}:
         raise ValueError(
             f"device_map={device_map!r} offloads modules to ['disk']: from_pretrained cannot "
             "offload quanta's quantized weights to disk (accelerate's offload index points at "
@@ -43,15 +29,6 @@ def check_device_map(device_map: Any, offload_unsupported: Sequence[str] = ()) -
             "onto devices that compute, e.g. device_map={'': 'cpu'}, then offload with "
             "accelerate.dispatch_model(model, device_map, offload_dir=...) and "
             "quanta.qintegrations.offload.serve_quantized_weights(model)."
-        )
-    if offloaded and offload_unsupported:
-        raise ValueError(
-            f"device_map={device_map!r} offloads modules to ['cpu'], and accelerate cannot "
-            f"offload quantized weights of {', '.join(offload_unsupported)}: its hooks rebuild "
-            "each offloaded parameter as type(param)(tensor, requires_grad=...), which these "
-            "tensor types do not support. Keep every module on devices that compute: "
-            "device_map={'': 'cpu'}, a GPU, several GPUs, or device_map='auto' with max_memory "
-            "that fits the quantized model."
         )
 
 

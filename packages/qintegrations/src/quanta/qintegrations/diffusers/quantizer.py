@@ -26,7 +26,7 @@ from quanta.qintegrations.module_weights import (
     materialize_activation_scales,
     quantize_float_weight,
 )
-from quanta.qintegrations.offload import offload_unsupported_weights, serve_quantized_weights
+from quanta.qintegrations.offload import serve_quantized_weights
 from quanta.qintegrations.settings import check_device_map
 from quanta.qio import apply_quantization_config, quantization_config
 from quanta.qmodules import QModuleMixin, quantize
@@ -47,13 +47,11 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         # A copy: loading records the per-module config in it, the caller's may serve again.
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
         self.held_back = HeldBackTensors(*_saved_module_names(quantization_config))
-        # The weight qtypes accelerate cannot offload, known once the model is built.
-        self.offload_unsupported: list[str] = []
 
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
         """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
         called again on the resolved device_map, once the model is built."""
-        check_device_map(device_map, self.offload_unsupported)
+        check_device_map(device_map)
 
     def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype:
         """float32 unless asked: Diffusers would otherwise cast stored tensors to the model's."""
@@ -102,7 +100,6 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         self,
         model: nn.Module,
         keep_in_fp32_modules: list[str] | None = None,
-        device_map: Any = None,
         **kwargs: Any,
     ) -> None:
         config = self.quantization_config
@@ -112,8 +109,6 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
             exclude = excluded_patterns(config, keep_in_fp32_modules or [])
             quantize(model, **config.quantize_arguments(exclude=exclude))
         model.register_to_config(quantization_config=config)
-        if device_map is not None:  # checked on the resolved device_map (validate_environment)
-            self.offload_unsupported = offload_unsupported_weights(model)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         serve_quantized_weights(model)  # Diffusers dispatched the model just before

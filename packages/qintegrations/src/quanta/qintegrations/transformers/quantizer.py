@@ -18,11 +18,7 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 
 from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
-from quanta.qintegrations.offload import (
-    offload_unsupported_weights,
-    read_offloaded_tensors,
-    serve_quantized_weights,
-)
+from quanta.qintegrations.offload import read_offloaded_tensors, serve_quantized_weights
 from quanta.qintegrations.settings import check_device_map
 from quanta.qintegrations.transformers.config import QuantaConfig
 from quanta.qintegrations.transformers.operations import (
@@ -51,8 +47,6 @@ class QuantaHfQuantizer(HfQuantizer):
         # A copy: loading records the per-module config in it, the caller's may serve again.
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
         self.scales_to_fill: list[str] = []
-        # The weight qtypes accelerate cannot offload, known once the model is built.
-        self.offload_unsupported: list[str] = []
         if self.pre_quantized and quantization_config.modules is None:
             raise ValueError(
                 "this checkpoint's quantization_config (quant_method 'quanta') has no per-module "
@@ -62,7 +56,7 @@ class QuantaHfQuantizer(HfQuantizer):
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
         """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
         called again on the device_map that 'auto' resolves to, once the model is built."""
-        check_device_map(device_map, self.offload_unsupported)
+        check_device_map(device_map)
 
     @property
     def serialized_names(self) -> dict[str, list[str]]:
@@ -91,18 +85,13 @@ class QuantaHfQuantizer(HfQuantizer):
         module = model.get_submodule(module_name) if module_name else model
         return tensor_name == WEIGHT and is_weight_quantized(module) and not module.is_frozen
 
-    def _process_model_before_weight_loading(
-        self, model: nn.Module, device_map: Any = None, **kwargs: Any
-    ) -> None:
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
         if self.pre_quantized:
             apply_quantization_config(model, self.quantization_config.module_config())
         else:
             arguments = self.quantization_config.quantize_arguments(exclude=self._exclusions(model))
             quantize(model, **arguments)
             self._defer_activation_only_scales(model)
-        if device_map is not None:
-            self.offload_unsupported = offload_unsupported_weights(model)
-            check_device_map(device_map, self.offload_unsupported)
 
     def _exclusions(self, model: nn.Module) -> list[str]:
         """The user's patterns (or Transformers' default), fp32 modules and tied weights."""

@@ -3,7 +3,8 @@
 A subclass declares the names of its inner tensors (`inner_names`) and of its constant
 attributes (`attribute_names`); flatten/unflatten, repr, device and dtype moves, detach,
 deepcopy and pickling are derived from those names here. Ops are added per class with
-`implements(...)`; anything else is computed on the dequantized tensor.
+`implements(...)`; anything else is computed on the dequantized tensor. Moves and views
+behave the same under torch.inference_mode() as under torch.no_grad().
 """
 
 from __future__ import annotations
@@ -25,7 +26,23 @@ aten = torch.ops.aten
 Handler = Callable[[Any, tuple, dict], Any]
 
 
-class QTensor(torch.Tensor):
+class _QTensorMeta(type(torch.Tensor)):
+    """Makes `type(param)(qtensor, requires_grad=...)` a parameter, as for nn.Parameter.
+
+    accelerate's `set_module_tensor_to_device`, which its offload hooks call to move each
+    parameter to and from the meta device, rebuilds a parameter as
+    `type(param)(new_value, requires_grad=...)`; a Parameter wrapping a QTensor has the
+    QTensor's type, so that call (one QTensor of the class, at most `requires_grad`) returns
+    `nn.Parameter(qtensor, ...)`. Any other call builds a QTensor from its parts.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], cls) and kwargs.keys() <= {"requires_grad"}:
+            return torch.nn.Parameter(args[0], **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class QTensor(torch.Tensor, metaclass=_QTensorMeta):
     """A quantized tensor: codes plus the parameters that map them back to floats.
 
     Its logical shape and dtype are those of the float tensor it stands for; the inner
@@ -144,6 +161,15 @@ class QTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
+        if _views_a_normal_tensor_in_inference_mode(func, args):
+            # autograd gives the view its base's version counter, which an inference tensor
+            # (any tensor created in inference mode) lacks: build it as torch would, a normal one
+            with torch.inference_mode(False), torch.no_grad():
+                return cls._dispatch(func, args, kwargs)
+        return cls._dispatch(func, args, kwargs)
+
+    @classmethod
+    def _dispatch(cls, func: Any, args: tuple, kwargs: dict) -> Any:
         handler = cls._handler("_dispatch_table", func)
         if handler is not None:
             return handler(func, args, kwargs)
@@ -171,6 +197,12 @@ class QSymmetricTensor(QTensor):
         self.qtype = qtype
 
 
+def _views_a_normal_tensor_in_inference_mode(func: Any, args: tuple) -> bool:
+    """Whether `func` makes a view of a normal (non-inference) tensor inside inference mode:
+    detach (so nn.Parameter(qtensor)), t, slices... of a QTensor created outside it."""
+    return torch.is_inference_mode_enabled() and func.is_view and not args[0].is_inference()
+
+
 def dequantized_call(func: Any, args: tuple, kwargs: dict) -> Any:
     """Run `func` on the arguments with every QTensor dequantized (the generic fallback)."""
     args, kwargs = tree_map_only(QTensor, lambda t: t.dequantize(), (args, kwargs))
@@ -195,6 +227,16 @@ def _rebuild(
 def _apply_to_inner(func: Any, args: tuple, kwargs: dict) -> QTensor:
     kwargs = {k: v for k, v in kwargs.items() if k != "memory_format"}
     return args[0]._rebuild_with(lambda _, tensor: func(tensor, *args[1:], **kwargs))
+
+
+@QTensor.implements(aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.to.other)
+def _to(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """`.to()` as under no_grad: a copy by _to_copy below, or the tensor itself when unchanged.
+
+    aten.to is CompositeImplicitAutograd: the autograd key decomposes it; inference mode skips
+    that key, so there it arrives here whole and is decomposed the same way.
+    """
+    return func.decompose(*args, **kwargs)
 
 
 @QTensor.implements(aten._to_copy.default)
