@@ -43,11 +43,17 @@ void convert(const void* in, void* out, int64_t count) {
   }
 }
 
+// Elements below which a conversion runs on the calling thread (see convert).
+constexpr int64_t kSmallConversion = 1 << 15;
+
 // A contiguous float32 copy of t (t itself when it already is one).
 Tensor float32_contiguous(const Tensor& t) {
   const Tensor src = torch::stable::contiguous(t);
   if (src.scalar_type() == ScalarType::Float) {
     return src;
+  }
+  if (src.numel() >= kSmallConversion) {  // large (an int4 weight's scales): torch's, in parallel
+    return torch::stable::to(src, ScalarType::Float);
   }
   const std::vector<int64_t> sizes(src.sizes().begin(), src.sizes().end());
   Tensor out = torch::stable::new_empty(src, sizes, ScalarType::Float);
