@@ -31,7 +31,7 @@ LIBRARY_STYLE = {  # library -> (label, color, line style)
     "quanto": ("optimum-quanto", "tab:orange", "-"),
     "torchao": ("torchao", "tab:green", "-"),
 }
-WEIGHT_ORDER = ["int8", "int4", "int2", "fp8", "float8"]
+WEIGHT_ORDER = ["int8", "int4", "int2", "fp8", "float8", "w8a8"]
 WEIGHT_COLORS = {  # demo rows: weight type -> color
     "fp32": "black",
     "int8": "tab:blue",
@@ -102,13 +102,14 @@ def plot_latency(
             if points:
                 label, color, style = LIBRARY_STYLE[library]
                 ax.plot(*zip(*points, strict=True), style, color=color, marker="o", label=label)
-        ax.set(xscale="log", yscale="log", title=f"{weight} weights", xlabel=xlabel)
+        panel = "int8 weights, int8 activations" if weight == "w8a8" else f"{weight} weights"
+        ax.set(xscale="log", yscale="log", title=panel, xlabel=xlabel)
         xs = sorted({tokens_of(r) for r in rows})
         ax.set_xticks(xs, [tick_labels(x) if tick_labels else str(x) for x in xs], fontsize=8)
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("median ms (lower is better)")
-    axes[0][-1].legend(fontsize=8)
+    max(axes[0], key=lambda ax: len(ax.get_lines())).legend(fontsize=8)  # every library's line
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=DPI)
