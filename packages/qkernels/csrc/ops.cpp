@@ -5,6 +5,7 @@
 STABLE_TORCH_LIBRARY(quanta, m) {
   m.def("quantize_symmetric(Tensor input, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("dequantize_symmetric(Tensor codes, Tensor scale, ScalarType dtype) -> Tensor");
+  m.def("quantize_dynamic(Tensor input, ScalarType dtype) -> (Tensor, Tensor)");
   m.def(
       "quantize_affine(Tensor input, Tensor scale, Tensor zero_point, int bits, int group_size)"
       " -> Tensor");

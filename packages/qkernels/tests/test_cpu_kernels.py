@@ -6,6 +6,8 @@ vector loop (tails), 2-bit groups that do not start on a byte, and M on both sid
 prefill switch (16 rows).
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -14,6 +16,8 @@ from quanta.qkernels import reference
 
 ISAS = ["avx512_bf16", "avx512", "avx2", "portable"]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# The kernels read scales, zero points and biases in the dtype they are stored in.
+PARAM_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 ROWS = [1, 3, 17, 256]  # decode (<= 16 rows) and prefill
 N = 37
 # (rtol, atol) against the reference evaluated in float64. Outputs are O(1) (weights of
@@ -56,13 +60,28 @@ def test_linear_symmetric(cpu_isa, codes_dtype, rows):
     k = 211
     codes = symmetric_codes(codes_dtype, k)
     amax = codes.float().abs().amax(dim=1, keepdim=True)
-    scale = (torch.rand(N, 1) + 0.5) / (amax * k**0.5)
-    for dtype in FLOAT_DTYPES:
+    for dtype, param_dtype in itertools.product(FLOAT_DTYPES, PARAM_DTYPES):
+        scale = ((torch.rand(N, 1) + 0.5) / (amax * k**0.5)).to(param_dtype)
         input = torch.randn(rows, k, dtype=dtype)
-        bias = torch.randn(N, dtype=dtype)
+        bias = torch.randn(N, dtype=param_dtype)
         out = torch.ops.quanta.linear_symmetric(input, codes, scale, bias)
         expected = reference.linear_symmetric(input.double(), codes, scale.double(), bias.double())
         assert_matches_reference(out, expected, dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_float16_subnormal_scales(cpu_isa, rows):
+    # int8 weights of magnitude ~1e-3 have scales below float16's smallest normal (6.1e-5)
+    k = 96
+    codes = symmetric_codes(torch.int8, k)
+    scale = torch.logspace(-7, -4, N).to(torch.float16).unsqueeze(1)
+    assert (scale < 6.1e-5).any()
+    input = torch.randn(rows, k)
+    out = torch.ops.quanta.linear_symmetric(input, codes, scale, None)
+    expected = reference.linear_symmetric(input.double(), codes, scale.double(), None)
+    # per output column, relative to its scale (sums of ~10 terms of ~100 each)
+    per_scale = scale.double().T
+    torch.testing.assert_close(out.double() / per_scale, expected / per_scale, rtol=1e-5, atol=1e-2)
 
 
 @pytest.mark.parametrize("bits", [4, 2])
@@ -75,15 +94,15 @@ def test_linear_affine(cpu_isa, bits, group_size, groups, rows):
     k = group_size * groups
     codes = torch.randint(0, 2**bits, (N, k), dtype=torch.uint8)
     packed = torch.ops.quanta.pack(codes, bits)
-    scale = (torch.rand(N, groups) + 0.5) / (2**bits * k**0.5)
-    zero_points = {
-        "uint8": torch.randint(0, 2**bits, (N, groups), dtype=torch.uint8),
-        "float": torch.rand(N, groups) * (2**bits - 1),
-    }
-    for dtype in FLOAT_DTYPES:
+    for dtype, param_dtype in itertools.product(FLOAT_DTYPES, PARAM_DTYPES):
+        scale = ((torch.rand(N, groups) + 0.5) / (2**bits * k**0.5)).to(param_dtype)
+        zero_points = {
+            "uint8": torch.randint(0, 2**bits, (N, groups), dtype=torch.uint8),
+            "float": (torch.rand(N, groups) * (2**bits - 1)).to(param_dtype),
+        }
         for zero_point in zero_points.values():
             input = torch.randn(rows, k, dtype=dtype)
-            bias = torch.randn(N, dtype=dtype)
+            bias = torch.randn(N, dtype=param_dtype)
             args = (packed, scale, zero_point, bits, group_size)
             out = torch.ops.quanta.linear_affine(input, *args, bias)
             expected = reference.linear_affine(
@@ -173,6 +192,25 @@ def test_quantize_and_dequantize_symmetric(shapes, codes_dtype):
     if codes_dtype == torch.int8:  # NaN has no int8 code: only the finite values are specified
         codes, expected = codes[:-1], expected[:-1]
     assert same_bits(codes, expected)
+
+
+@pytest.mark.parametrize("shape", [(5, 37), (2, 5, 211), (4, 0), (0, 8)], ids=str)
+@pytest.mark.parametrize("codes_dtype", CODE_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, torch.float64], ids=str)
+def test_quantize_dynamic(cpu_isa, shape, codes_dtype, dtype):
+    """Scales and codes equal the reference's exactly, with rows of zeros, NaN and infinities."""
+    input = (torch.randn(shape) * 10).to(dtype)
+    if input.numel() >= 5 * 37:
+        rows = input.view(-1, shape[-1])
+        rows[0] = 0
+        rows[1, 3] = float("nan")
+        rows[2, 5] = float("-inf")
+        rows[3, :] = torch.finfo(dtype).tiny / 4  # scales below the smallest normal
+    codes, scale = torch.ops.quanta.quantize_dynamic(input, codes_dtype)
+    expected_codes, expected_scale = reference.quantize_dynamic(input, codes_dtype)
+    assert scale.dtype == dtype and scale.shape == (*shape[:-1], 1)
+    assert torch.equal(scale, expected_scale)
+    assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8))
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -20,6 +20,7 @@ def op_samples(device):
     return {
         "quantize_symmetric": [(x, row_scale, torch.int8), (x, row_scale, torch.float8_e4m3fn)],
         "dequantize_symmetric": [(int8_codes, row_scale, torch.bfloat16)],
+        "quantize_dynamic": [(x, torch.int8), (x.to(bf16), torch.float8_e4m3fn)],
         "quantize_affine": [(x, group_scale, group_zero, 4, 16)],
         "dequantize_affine": [(codes4, group_scale, group_zero.float(), 16, torch.float16)],
         "pack": [(codes4, 4), (codes4[:, :7] % 4, 2)],

@@ -43,6 +43,18 @@ BAD_CALLS = {
         ),
         r"scale of shape \(3, 1\) must broadcast to \(2, 4\)",
     ),
+    "quantize_dynamic_dtype": (
+        lambda: torch.ops.quanta.quantize_dynamic(torch.randn(2, 4), torch.uint8),
+        r"quantize_dynamic: dtype must be one of \(int8, float8_e4m3fn",
+    ),
+    "quantize_dynamic_0d": (
+        lambda: torch.ops.quanta.quantize_dynamic(torch.tensor(1.0), torch.int8),
+        r"input must have at least one dimension .* got a 0-d tensor",
+    ),
+    "quantize_dynamic_int_input": (
+        lambda: torch.ops.quanta.quantize_dynamic(torch.ones(2, 4, dtype=torch.int32), torch.int8),
+        r"quantize_dynamic: input must be a float32, float16, bfloat16 or float64 tensor",
+    ),
     "quantize_symmetric_int_input": (
         lambda: torch.ops.quanta.quantize_symmetric(
             torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 1), torch.int8

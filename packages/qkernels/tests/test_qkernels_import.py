@@ -10,7 +10,7 @@ from quanta.qkernels import reference
 
 
 def test_every_op_is_registered_with_a_reference_and_a_fake():
-    assert len(quanta.qkernels.OPS) == 9
+    assert len(quanta.qkernels.OPS) == 10
     for name in quanta.qkernels.OPS:
         qualname = f"quanta::{name}"
         assert hasattr(torch.ops.quanta, name)
@@ -28,6 +28,7 @@ def test_native_cpu_kernels_are_registered():
     assert native == {
         "quantize_symmetric",
         "dequantize_symmetric",
+        "quantize_dynamic",
         "unpack",
         "linear_symmetric",
         "linear_affine",

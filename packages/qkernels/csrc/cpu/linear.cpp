@@ -30,6 +30,8 @@ using quanta::qkernels::cpu::DecodeProblem;
 using quanta::qkernels::cpu::Isa;
 using quanta::qkernels::cpu::LinearKernels;
 using quanta::qkernels::cpu::OutputDtype;
+using quanta::qkernels::cpu::ParamType;
+using quanta::qkernels::cpu::Params;
 using quanta::qkernels::cpu::WeightFormat;
 using quanta::qkernels::cpu::WeightView;
 using quanta::qkernels::cpu::Int32Product;
@@ -52,21 +54,6 @@ std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtyp
   return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
 }
 
-// A contiguous float32 tensor converted to dtype (float32, bfloat16 or float16).
-Tensor float32_to(const Tensor& t, ScalarType dtype) {
-  if (dtype == ScalarType::Float) {
-    return t;
-  }
-  const std::vector<int64_t> sizes(t.sizes().begin(), t.sizes().end());
-  Tensor out = torch::stable::new_empty(t, sizes, dtype);
-  if (dtype == ScalarType::BFloat16) {
-    convert<float, c10::BFloat16>(t.const_data_ptr(), out.mutable_data_ptr(), t.numel());
-  } else {
-    convert<float, c10::Half>(t.const_data_ptr(), out.mutable_data_ptr(), t.numel());
-  }
-  return out;
-}
-
 // A weight the native kernels read, with the tensors that own its memory.
 struct NativeWeight {
   WeightView view;
@@ -84,88 +71,163 @@ std::optional<OutputDtype> output_dtype(ScalarType dtype) {
   }
 }
 
+std::optional<ParamType> param_type(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::Float: return ParamType::kFloat32;
+    case ScalarType::BFloat16: return ParamType::kBFloat16;
+    case ScalarType::Half: return ParamType::kFloat16;
+    case ScalarType::Byte: return ParamType::kUInt8;
+    default: return std::nullopt;
+  }
+}
+
+Tensor as_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
+// t as the kernels read it: contiguous, in its own dtype when they read that (float64 becomes
+// float32), so that a call converts no scale, zero point or bias.
+Tensor param_tensor(const Tensor& t) {
+  const Tensor src = as_contiguous(t);
+  return param_type(src.scalar_type()).has_value() ? src : torch::stable::to(src, ScalarType::Float);
+}
+
+Params params_of(const std::optional<Tensor>& t) {
+  if (!t.has_value()) {
+    return {nullptr, ParamType::kFloat32};
+  }
+  return {t->const_data_ptr(), *param_type(t->scalar_type())};
+}
+
+// The parameters from element i on.
+Params params_from(const Params& params, int64_t i) {
+  if (params.data == nullptr) {
+    return params;
+  }
+  const int64_t bytes = params.type == ParamType::kFloat32 ? 4 : params.type == ParamType::kUInt8 ? 1 : 2;
+  return {static_cast<const char*>(params.data) + i * bytes, params.type};
+}
+
 int64_t grain_rows(int64_t row_bytes) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
 }
 
-// Sums of every activation row over every group of k: the zero-point term of the decode kernel.
-Tensor group_sums(const Tensor& x, int64_t m, int64_t k, int64_t group_size) {
-  const int64_t groups = k / group_size;
-  Tensor sums = torch::stable::new_empty(x, {m, groups});
-  const float* in = x.const_data_ptr<float>();
-  float* out = sums.mutable_data_ptr<float>();
-  for (int64_t i = 0; i < m * groups; ++i) {
+float value_of(float v) {
+  return v;
+}
+float value_of(c10::BFloat16 v) {
+  return static_cast<float>(v);
+}
+float value_of(c10::Half v) {
+  return static_cast<float>(v);
+}
+
+// The activations of the decode kernels, prepared on the calling thread into one scratch buffer:
+// x as the kernel reads it (float32, or bfloat16 in the order of decode_uint4), then the sums of
+// each row over each group (the zero-point term), when the weight has a zero point.
+struct DecodeInput {
+  Tensor scratch;
+  const void* x;
+  const float* group_sums;
+};
+
+// out[r, g] = sum of x[r, g * group_size .. (g + 1) * group_size), summed in float32 in order.
+template <class T>
+void sum_groups(const T* x, int64_t m, int64_t k, int64_t group_size, float* out) {
+  for (int64_t i = 0; i < m * (k / group_size); ++i) {
     float total = 0.0f;
     for (int64_t j = 0; j < group_size; ++j) {
-      total += in[i * group_size + j];
+      total += value_of(x[i * group_size + j]);
     }
     out[i] = total;
   }
-  return sums;
 }
 
-// input [m, k] (m <= kDecodeMaxRows) against the weight: fp32 in, fp32 accumulate, fp32 out.
-Tensor decode_fp32(const Tensor& input2d, const WeightView& view, const Tensor& bias32, Isa isa) {
-  const int64_t m = input2d.size(0);
-  const Tensor x = float32_contiguous(input2d);
-  Tensor out = torch::stable::new_empty(x, {m, view.n});
-  std::optional<Tensor> sums;
-  if (view.zero != nullptr) {
-    sums = group_sums(x, m, view.k, view.group_size);
-  }
-  const DecodeProblem problem{
-      view,
-      x.const_data_ptr<float>(),
-      sums.has_value() ? sums->const_data_ptr<float>() : nullptr,
-      m,
-      bias32.const_data_ptr<float>(),
-      out.mutable_data_ptr<float>()};
-  const LinearKernels& impl = linear_kernels(isa);
-  const auto columns = [&](int64_t begin, int64_t end) { impl.decode(problem, begin, end); };
-  torch::stable::parallel_for(0, view.n, grain_rows(view.row_bytes * m), columns);
-  return out;
-}
-
-#ifdef QKERNELS_X86_KERNELS
-// The same for bfloat16 activations and 4-bit weights on AVX512-BF16 (Bf16DecodeProblem).
-Tensor decode_bf16_uint4(const Tensor& input2d, const WeightView& view, const Tensor& bias32) {
-  const int64_t m = input2d.size(0);
+// x [m, k] of any float dtype for decode_fp32: float32 (converted into scratch unless it is).
+template <class T>
+DecodeInput float32_decode_input(const Tensor& x2d, const WeightView& view) {
+  const int64_t m = x2d.size(0);
   const int64_t k = view.k;
-  // Each 64-value chunk as its 32 even-index values, then its 32 odd-index ones.
-  const Tensor x = torch::stable::contiguous(torch::stable::transpose(
-      torch::stable::reshape(input2d, {m, k / 64, 32, 2}), 2, 3));
-  const Tensor sums = group_sums(float32_contiguous(input2d), m, k, view.group_size);
-  Tensor out = torch::stable::new_empty(input2d, {m, view.n}, ScalarType::Float);
-  const Bf16DecodeProblem problem{
-      view,
-      static_cast<const uint16_t*>(x.const_data_ptr()),
-      sums.const_data_ptr<float>(),
-      m,
-      bias32.const_data_ptr<float>(),
-      out.mutable_data_ptr<float>()};
-  const auto columns = [&](int64_t begin, int64_t end) {
-    quanta::qkernels::cpu::avx512_bf16::decode_uint4(problem, begin, end);
-  };
-  torch::stable::parallel_for(0, view.n, grain_rows(view.row_bytes * m), columns);
-  return out;
+  const bool convert_x = !std::is_same_v<T, float>;
+  const int64_t sums = view.zero.data != nullptr ? m * (k / view.group_size) : 0;
+  const int64_t floats = (convert_x ? m * k : 0) + sums;
+  DecodeInput in{x2d, x2d.const_data_ptr(), nullptr};
+  if (floats == 0) {
+    return in;
+  }
+  in.scratch = torch::stable::new_empty(x2d, {floats}, ScalarType::Float);
+  float* buffer = in.scratch.mutable_data_ptr<float>();
+  const T* x = static_cast<const T*>(x2d.const_data_ptr());
+  if (convert_x) {
+    convert<T, float>(x, buffer, m * k);
+    in.x = buffer;
+    buffer += m * k;
+  }
+  if (sums > 0) {
+    sum_groups(x, m, k, view.group_size, buffer);
+    in.group_sums = buffer;
+  }
+  return in;
 }
-#endif
 
-// The decode path: the bfloat16 dot-product kernel where it applies, else the fp32 one.
-Tensor linear_decode(
-    const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
-  // A zero bias keeps the kernels free of a branch per output.
-  const Tensor bias32 = bias.has_value()
-      ? float32_contiguous(*bias)
-      : torch::stable::new_zeros(input2d, {view.n}, ScalarType::Float);
+DecodeInput decode_input(const Tensor& x2d, const WeightView& view) {
+  switch (x2d.scalar_type()) {
+    case ScalarType::BFloat16: return float32_decode_input<c10::BFloat16>(x2d, view);
+    case ScalarType::Half: return float32_decode_input<c10::Half>(x2d, view);
+    default: return float32_decode_input<float>(x2d, view);
+  }
+}
+
+// x [m, k] in bfloat16 for decode_uint4: each 64-value chunk of a row as its 32 even-index
+// values, then its 32 odd-index ones; then the group sums.
+DecodeInput bf16_decode_input(const Tensor& x2d, const WeightView& view) {
+  const int64_t m = x2d.size(0);
+  const int64_t k = view.k;
+  const int64_t groups = k / view.group_size;
+  Tensor scratch = torch::stable::new_empty(x2d, {m * k / 2 + m * groups}, ScalarType::Float);
+  uint16_t* ordered = static_cast<uint16_t*>(scratch.mutable_data_ptr());
+  float* sums = scratch.mutable_data_ptr<float>() + m * k / 2;
+  const uint16_t* x = static_cast<const uint16_t*>(x2d.const_data_ptr());
+  for (int64_t chunk = 0; chunk < m * k; chunk += 64) {
+    for (int64_t j = 0; j < 32; ++j) {
+      ordered[chunk + j] = x[chunk + 2 * j];
+      ordered[chunk + 32 + j] = x[chunk + 2 * j + 1];
+    }
+  }
+  sum_groups(static_cast<const c10::BFloat16*>(x2d.const_data_ptr()), m, k, view.group_size, sums);
+  return {scratch, ordered, sums};
+}
+
+// The decode path, for input [m, k] with m <= kDecodeMaxRows: every weight row is read once and
+// decoded in registers, products summed in float32, the result stored in the input's dtype. The
+// bfloat16 dot-product kernel serves bfloat16 activations and 4-bit weights on AVX512-BF16.
+Tensor linear_decode(const Tensor& input2d, const WeightView& view, const Params& bias) {
+  const int64_t m = input2d.size(0);
+  const OutputDtype out_dtype = *output_dtype(input2d.scalar_type());
+  Tensor out = torch::stable::new_empty(input2d, {m, view.n});
+  void* out_data = out.mutable_data_ptr();
+  const int64_t grain = grain_rows(view.row_bytes * m);
   const Isa isa = quanta::qkernels::cpu::active_isa();
 #ifdef QKERNELS_X86_KERNELS
   if (isa == Isa::kAvx512Bf16 && input2d.scalar_type() == ScalarType::BFloat16 &&
       view.format == WeightFormat::kUInt4 && view.group_size % 64 == 0) {
-    return float32_to(decode_bf16_uint4(input2d, view, bias32), ScalarType::BFloat16);
+    const DecodeInput in = bf16_decode_input(input2d, view);
+    const Bf16DecodeProblem problem{
+        view, static_cast<const uint16_t*>(in.x), in.group_sums, m, bias, out_data, out_dtype};
+    torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
+      quanta::qkernels::cpu::avx512_bf16::decode_uint4(problem, begin, end);
+    });
+    return out;
   }
 #endif
-  return float32_to(decode_fp32(input2d, view, bias32, isa), input2d.scalar_type());
+  const DecodeInput in = decode_input(input2d, view);
+  const DecodeProblem problem{
+      view, static_cast<const float*>(in.x), in.group_sums, m, bias, out_data, out_dtype};
+  const LinearKernels& impl = linear_kernels(isa);
+  torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
+    impl.decode(problem, begin, end);
+  });
+  return out;
 }
 
 // Rows [n0, n0 + rows) of a weight, as a weight of their own.
@@ -173,8 +235,8 @@ WeightView weight_rows(const WeightView& view, int64_t n0, int64_t rows) {
   const int64_t groups = view.k / view.group_size;
   WeightView block = view;
   block.codes += n0 * view.row_bytes;
-  block.scale += n0 * groups;
-  block.zero = view.zero != nullptr ? view.zero + n0 * groups : nullptr;
+  block.scale = params_from(view.scale, n0 * groups);
+  block.zero = params_from(view.zero, n0 * groups);
   block.n = rows;
   return block;
 }
@@ -226,10 +288,13 @@ Tensor linear_native(
   const int64_t m = input.numel() / k;
   std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
   out_sizes.back() = w.view.n;
-  const Tensor input2d = torch::stable::contiguous(torch::stable::reshape(input, {m, k}));
-  const Tensor out = m > kDecodeMaxRows ? linear_prefill(input2d, w.view, bias)
-                                        : linear_decode(input2d, w.view, bias);
-  return torch::stable::reshape(out, out_sizes);
+  const Tensor input2d = as_contiguous(torch::stable::reshape(input, {m, k}));
+  if (m > kDecodeMaxRows) {
+    return torch::stable::reshape(linear_prefill(input2d, w.view, bias), out_sizes);
+  }
+  const std::optional<Tensor> bias_param =
+      bias.has_value() ? std::optional<Tensor>(param_tensor(*bias)) : std::nullopt;
+  return torch::stable::reshape(linear_decode(input2d, w.view, params_of(bias_param)), out_sizes);
 }
 
 // The native kernels cover float32/bfloat16/float16 activations and a non-empty problem.
@@ -258,9 +323,9 @@ Tensor linear_symmetric_cpu(
     return call_op<3>(
         "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
   }
-  NativeWeight w{{}, torch::stable::contiguous(codes), float32_contiguous(scale), std::nullopt};
+  NativeWeight w{{}, as_contiguous(codes), param_tensor(scale), std::nullopt};
   w.view = {*format, static_cast<const uint8_t*>(w.codes.const_data_ptr()), n, k, k, k,
-            w.scale.const_data_ptr<float>(), nullptr};
+            params_of(w.scale), params_of(std::nullopt)};
   return linear_native(input, w, bias);
 }
 
@@ -279,18 +344,23 @@ Tensor linear_affine_cpu(
     return call_op<3>(
         "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
   }
-  NativeWeight w{
-      {}, torch::stable::contiguous(packed), float32_contiguous(scale),
-      float32_contiguous(zero_point)};
+  NativeWeight w{{}, as_contiguous(packed), param_tensor(scale), param_tensor(zero_point)};
   const WeightFormat format = bits == 4 ? WeightFormat::kUInt4 : WeightFormat::kUInt2;
   w.view = {format, w.codes.const_data_ptr<uint8_t>(), n, k, packed.size(1), group_size,
-            w.scale.const_data_ptr<float>(), w.zero->const_data_ptr<float>()};
+            params_of(w.scale), params_of(w.zero)};
   return linear_native(input, w, bias);
 }
 
-// The exact int32 product input2d @ codesᵀ of int8 [m, k] and [n, k]: up to kDecodeMaxRows rows
-// on AVX512-VNNI by the decode kernel (each weight row streamed once), else by aten::_int_mm.
-Tensor int8_product(const Tensor& input2d, const Tensor& codes) {
+// The exact int32 product of int8 input2d [m, k] and codes [n, k]: up to kDecodeMaxRows rows on
+// AVX512-VNNI by the decode kernel (each weight row streamed once), as acc [m, n]; else by
+// aten::_int_mm as codes @ input2dᵀ, acc [n, m] (transposed): with the weight as the first
+// operand oneDNN reads it as stored, where as the second it makes a reordered copy every call.
+struct Int8Product {
+  Tensor acc;
+  bool transposed;
+};
+
+Int8Product int8_product(const Tensor& input2d, const Tensor& codes) {
   const int64_t m = input2d.size(0);
   const int64_t k = input2d.size(1);
   const int64_t n = codes.size(0);
@@ -309,10 +379,11 @@ Tensor int8_product(const Tensor& input2d, const Tensor& codes) {
     torch::stable::parallel_for(0, n, grain_rows(k * m), [&](int64_t begin, int64_t end) {
       quanta::qkernels::cpu::avx512_bf16::decode_int8_product(problem, begin, end);
     });
-    return acc;
+    return {acc, false};
   }
 #endif
-  return call_op<2>("aten::_int_mm", "", {box(input2d), box(torch::stable::transpose(codes, 0, 1))});
+  const Tensor input_t = torch::stable::transpose(input2d, 0, 1);
+  return {call_op<2>("aten::_int_mm", "", {box(codes), box(input_t)}), true};
 }
 
 // int8 activations times int8 weights: the products summed exactly by aten::_int_mm (oneDNN:
@@ -334,14 +405,16 @@ Tensor linear_int8_cpu(
     return torch::stable::new_empty(input, out_sizes, dtype);
   }
   const Tensor input2d = torch::stable::contiguous(torch::stable::reshape(input, {m, k}));
-  const Tensor acc = k == 0 ? torch::stable::new_zeros(input, {m, n}, ScalarType::Int)
-                            : int8_product(input2d, torch::stable::contiguous(codes));
+  const Int8Product product32 =
+      k == 0 ? Int8Product{torch::stable::new_zeros(input, {m, n}, ScalarType::Int), false}
+             : int8_product(input2d, as_contiguous(codes));
   const Tensor row_scale = float32_contiguous(input_scale);
   const Tensor scale32 = float32_contiguous(scale);
   const std::optional<Tensor> bias32 =
       bias.has_value() ? std::optional<Tensor>(float32_contiguous(*bias)) : std::nullopt;
   const Int32Product product{
-      acc.const_data_ptr<int32_t>(), row_scale.const_data_ptr<float>(), row_scale.numel() > 1,
+      product32.acc.const_data_ptr<int32_t>(), product32.transposed, m,
+      row_scale.const_data_ptr<float>(), row_scale.numel() > 1,
       scale32.const_data_ptr<float>(),
       bias32.has_value() ? bias32->const_data_ptr<float>() : nullptr, n};
   // float64 is the float32 result widened, as in the reference.

@@ -41,18 +41,37 @@ __m512bh as_bf16(__m512i v) {
   return reinterpret_cast<__m512bh&>(v);
 }
 
+// Elements i .. i + 15 of a parameter array (the lanes of `lanes`; the others 0), as floats.
+__m512 load_params(const Params& params, int64_t i, __mmask16 lanes) {
+  switch (params.type) {
+    case ParamType::kFloat32:
+      return _mm512_maskz_loadu_ps(lanes, static_cast<const float*>(params.data) + i);
+    case ParamType::kBFloat16: {
+      const __m256i bits =
+          _mm256_maskz_loadu_epi16(lanes, static_cast<const uint16_t*>(params.data) + i);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    }
+    case ParamType::kFloat16:
+      return _mm512_cvtph_ps(
+          _mm256_maskz_loadu_epi16(lanes, static_cast<const uint16_t*>(params.data) + i));
+    case ParamType::kUInt8:
+      return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+          _mm_maskz_loadu_epi8(lanes, static_cast<const uint8_t*>(params.data) + i)));
+  }
+  return _mm512_setzero_ps();
+}
+
 // sum over the groups g of row n of scale * (128 + zero) * group_sum: the 128 of the codes and
 // the zero point, taken out once per output, 16 groups per step, after the dot products.
 float shifted_zero_terms(const WeightView& w, int64_t n, const float* group_sums) {
   const int64_t groups = w.k / w.group_size;
-  const float* scale = w.scale + n * groups;
-  const float* zero = w.zero + n * groups;
   const __m512 bf16_offset = _mm512_set1_ps(128.0f);
   __m512 total = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; g += 16) {
     const __mmask16 lanes = groups - g >= 16 ? 0xFFFF : (1u << (groups - g)) - 1;
-    const __m512 shifted = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, zero + g), bf16_offset);
-    const __m512 weighted = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, scale + g), shifted);
+    const int64_t i = n * groups + g;
+    const __m512 shifted = _mm512_add_ps(load_params(w.zero, i, lanes), bf16_offset);
+    const __m512 weighted = _mm512_mul_ps(load_params(w.scale, i, lanes), shifted);
     total = _mm512_fmadd_ps(weighted, _mm512_maskz_loadu_ps(lanes, group_sums + g), total);
   }
   return _mm512_reduce_add_ps(total);
@@ -105,7 +124,7 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
       }
     }
     for (int c = 0; c < Cols; ++c) {
-      const __m512 scale = _mm512_set1_ps(w.scale[ns[c] * groups + g]);
+      const __m512 scale = _mm512_set1_ps(param_value(w.scale, ns[c] * groups + g));
       for (int r = 0; r < Rows; ++r) {
         const __m512 dot = _mm512_add_ps(dot_even[r][c], dot_odd[r][c]);
         acc[r][c] = _mm512_fmadd_ps(dot, scale, acc[r][c]);
@@ -114,8 +133,10 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
   for (int c = 0; c < Cols; ++c) {
     for (int r = 0; r < Rows; ++r) {
-      p.out[(m0 + r) * w.n + ns[c]] = _mm512_reduce_add_ps(acc[r][c]) -
-          shifted_zero_terms(w, ns[c], p.group_sums + (m0 + r) * groups) + p.bias[ns[c]];
+      const float value = _mm512_reduce_add_ps(acc[r][c]) -
+          shifted_zero_terms(w, ns[c], p.group_sums + (m0 + r) * groups) +
+          param_value(p.bias, ns[c]);
+      store_output(p.out, p.out_dtype, (m0 + r) * w.n + ns[c], value);
     }
   }
 }

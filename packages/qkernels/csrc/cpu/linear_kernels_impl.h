@@ -6,6 +6,7 @@
 // once per group: sum_k x * (q - z) * s = s * (sum_k x * q - z * sum_k x).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "qkernels/linear_cpu.h"
@@ -80,13 +81,13 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
           tail[r] += x[r * k + kk] * code;
         }
       }
-      const float scale = w.scale[n * groups + g];
+      const float scale = param_value(w.scale, n * groups + g);
       const F scale_v = V::set1(scale);
       for (int r = 0; r < Rows; ++r) {
         acc[r][c] = V::fma(V::add(dot_lo[r][c], dot_hi[r][c]), scale_v, acc[r][c]);
         float shifted = tail[r];
-        if (w.zero != nullptr) {
-          shifted -= w.zero[n * groups + g] * p.group_sums[(m0 + r) * groups + g];
+        if (w.zero.data != nullptr) {
+          shifted -= param_value(w.zero, n * groups + g) * p.group_sums[(m0 + r) * groups + g];
         }
         scalar_acc[r][c] += scale * shifted;
       }
@@ -94,7 +95,8 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
   for (int r = 0; r < Rows; ++r) {
     for (int c = 0; c < Cols; ++c) {
-      p.out[(m0 + r) * w.n + ns[c]] = V::sum(acc[r][c]) + scalar_acc[r][c] + p.bias[ns[c]];
+      const float value = V::sum(acc[r][c]) + scalar_acc[r][c] + param_value(p.bias, ns[c]);
+      store_output(p.out, p.out_dtype, (m0 + r) * w.n + ns[c], value);
     }
   }
 }
@@ -168,8 +170,8 @@ void dequantize_rows(const WeightView& w, Out* out, int64_t n_begin, int64_t n_e
     Out* dst = out + n * k;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t begin = g * w.group_size;
-      const float scale = w.scale[n * groups + g];
-      const float zero = w.zero != nullptr ? w.zero[n * groups + g] : 0.0f;
+      const float scale = param_value(w.scale, n * groups + g);
+      const float zero = param_value(w.zero, n * groups + g);
       const auto scale_v = V::set1(scale);
       const auto zero_v = V::set1(zero);
       for (int64_t kk = begin; kk < begin + vector_codes; kk += 2 * V::kLanes) {
@@ -253,38 +255,99 @@ void quantize_int8(
   }
 }
 
+// y[j] = acc[j] * row_scale * scale[j] (+ bias[j]) for j < count (vectorized by the compiler).
 template <class Out>
-void scale_int32_rows(const Int32Product& p, Out* out, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float row_scale = p.row_scale[p.per_row ? i : 0];
-    const int32_t* acc = p.acc + i * p.n;
-    Out* y = out + i * p.n;
-    if (p.bias != nullptr) {
-      for (int64_t j = 0; j < p.n; ++j) {
-        store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * p.scale[j] + p.bias[j]);
+void scale_int32_row(
+    const int32_t* acc, float row_scale, const float* scale, const float* bias, Out* y,
+    int64_t count) {
+  if (bias != nullptr) {
+    for (int64_t j = 0; j < count; ++j) {
+      store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * scale[j] + bias[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < count; ++j) {
+      store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * scale[j]);
+    }
+  }
+}
+
+// The 16 x 16 outputs [i0, i0 + 16) x [j0, j0 + 16) of a transposed product, in the order of
+// operations of scale_int32_row, for 16-lane vectors.
+template <class V, class Out>
+void scale_int32_tile(const Int32Product& p, int64_t i0, int64_t j0, Out* out) {
+  using F = typename V::F;
+  const F row_scale = p.per_row ? V::load(p.row_scale + i0) : V::set1(p.row_scale[0]);
+  F columns[16];
+  for (int c = 0; c < 16; ++c) {
+    const int64_t j = j0 + c;
+    const F scaled = V::mul(V::mul(V::load_int32(p.acc + j * p.m + i0), row_scale), V::set1(p.scale[j]));
+    columns[c] = p.bias != nullptr ? V::add(scaled, V::set1(p.bias[j])) : scaled;
+  }
+  V::transpose16(columns);
+  for (int r = 0; r < 16; ++r) {
+    V::store(out + (i0 + r) * p.n + j0, columns[r]);
+  }
+}
+
+// A product computed transposed, kTile x kTile outputs at a time. With 16-lane vectors a whole
+// tile is scaled as 16 columns of acc (contiguous runs) and turned into rows in registers; edge
+// tiles, and other vector widths, go through a small buffer and scale_int32_row.
+template <class V, class Out>
+void scale_int32_transposed(const Int32Product& p, Out* out, int64_t begin, int64_t end) {
+  constexpr int64_t kTile = 16;
+  int32_t tile[kTile][kTile];
+  for (int64_t i0 = begin; i0 < end; i0 += kTile) {
+    const int64_t rows = std::min(kTile, end - i0);
+    for (int64_t j0 = 0; j0 < p.n; j0 += kTile) {
+      const int64_t cols = std::min(kTile, p.n - j0);
+      if constexpr (V::kLanes == kTile) {
+        if (rows == kTile && cols == kTile) {
+          scale_int32_tile<V>(p, i0, j0, out);
+          continue;
+        }
       }
-    } else {
-      for (int64_t j = 0; j < p.n; ++j) {
-        store_scalar(y + j, static_cast<float>(acc[j]) * row_scale * p.scale[j]);
+      for (int64_t c = 0; c < cols; ++c) {
+        const int32_t* column = p.acc + (j0 + c) * p.m + i0;
+        for (int64_t r = 0; r < rows; ++r) {
+          tile[r][c] = column[r];
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        scale_int32_row(
+            tile[r], p.row_scale[p.per_row ? i : 0], p.scale + j0,
+            p.bias != nullptr ? p.bias + j0 : nullptr, out + i * p.n + j0, cols);
       }
     }
   }
 }
 
+template <class V, class Out>
+void scale_int32_rows(const Int32Product& p, Out* out, int64_t begin, int64_t end) {
+  if (p.transposed) {
+    return scale_int32_transposed<V>(p, out, begin, end);
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    scale_int32_row(
+        p.acc + i * p.n, p.row_scale[p.per_row ? i : 0], p.scale, p.bias, out + i * p.n, p.n);
+  }
+}
+
+template <class V>
 void scale_int32(const Int32Product& p, OutputDtype dtype, void* out, int64_t begin, int64_t end) {
   switch (dtype) {
     case OutputDtype::kFloat32:
-      return scale_int32_rows(p, static_cast<float*>(out), begin, end);
+      return scale_int32_rows<V>(p, static_cast<float*>(out), begin, end);
     case OutputDtype::kBFloat16:
-      return scale_int32_rows(p, static_cast<BFloat16Bits*>(out), begin, end);
+      return scale_int32_rows<V>(p, static_cast<BFloat16Bits*>(out), begin, end);
     case OutputDtype::kFloat16:
-      return scale_int32_rows(p, static_cast<Float16Bits*>(out), begin, end);
+      return scale_int32_rows<V>(p, static_cast<Float16Bits*>(out), begin, end);
   }
 }
 
 template <class V>
 constexpr LinearKernels make_linear_kernels() {
-  return {&decode<V>, &dequantize<V>, &quantize_int8, &scale_int32};
+  return {&decode<V>, &dequantize<V>, &quantize_int8, &scale_int32<V>};
 }
 
 }  // namespace

@@ -1,11 +1,14 @@
 // quanta::quantize_symmetric and quanta::dequantize_symmetric on the CPU: one pass over the
 // elements, the scale read through its broadcast (per tensor, per row, per channel or per element)
 // without materializing it. Both compute in fp32 like the reference: codes = clamp(round(x / s))
-// (int8, ties to even) or clamp(x / s, +-max) rounded to float8; values = codes * s.
+// (int8, ties to even) or clamp(x / s, +-max) rounded to float8; values = codes * s. And
+// quanta::quantize_dynamic: a scale per row from one pass, then quantize_symmetric.
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -247,9 +250,88 @@ Tensor dequantize_symmetric_cpu(const Tensor& codes, const Tensor& scale, Scalar
   return values;
 }
 
+// The largest magnitude in a row, exact: the magnitude bits of the elements compared as
+// unsigned integers (those of a NaN are above infinity's, so a row holding one gives NaN).
+// Vectorizes as an integer max.
+template <class Bits>
+Bits largest_magnitude_bits(const Bits* row, int64_t width) {
+  constexpr Bits kMagnitude = std::numeric_limits<Bits>::max() >> 1;
+  Bits largest = 0;
+  for (int64_t j = 0; j < width; ++j) {
+    largest = std::max<Bits>(largest, row[j] & kMagnitude);
+  }
+  return largest;
+}
+
+// The unsigned integer type of In's bits.
+template <class In>
+using BitsOf = std::conditional_t<
+    sizeof(In) == 2, uint16_t, std::conditional_t<sizeof(In) == 4, uint32_t, uint64_t>>;
+
+// finfo(dtype).tiny as the reference's clamp uses it (on a float32 scale: float64's is 0).
+template <class In>
+float smallest_normal() {
+  if constexpr (std::is_same_v<In, c10::Half>) {
+    return 6.103515625e-05f;
+  } else if constexpr (std::is_same_v<In, double>) {
+    return 0.0f;
+  } else {
+    return std::numeric_limits<float>::min();  // float32 and bfloat16
+  }
+}
+
+// scale[r] = max|x[r, :]| / qmax in fp32 (1 when that is 0 or NaN, at least smallest_normal),
+// stored in In, for the rows of a contiguous [rows, width] tensor.
+template <class In>
+void dynamic_scales(const Tensor& x, float qmax, Tensor& scale) {
+  using Bits = BitsOf<In>;
+  const int64_t width = x.size(x.dim() - 1);
+  const int64_t rows = scale.numel();
+  const Bits* bits = static_cast<const Bits*>(x.const_data_ptr());
+  In* out = static_cast<In*>(scale.mutable_data_ptr());
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(width, 1));
+  torch::stable::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const Bits largest = largest_magnitude_bits(bits + r * width, width);
+      In value;
+      std::memcpy(&value, &largest, sizeof(value));
+      const float absmax = static_cast<float>(value);
+      const float s = absmax > 0.0f ? absmax / qmax : 1.0f;
+      out[r] = static_cast<In>(std::max(s, smallest_normal<In>()));
+    }
+  });
+}
+
+// Dynamic quantization: a scale per row of the last dimension from the row's largest magnitude
+// (see dynamic_scales), then quantize_symmetric with it, in one call.
+std::tuple<Tensor, Tensor> quantize_dynamic_cpu(const Tensor& input, ScalarType dtype) {
+  const char* op = "quantize_dynamic";
+  check_floating(op, "input", input);
+  STD_TORCH_CHECK(
+      input.dim() > 0, "quanta::", op,
+      ": input must have at least one dimension (each row of the last one gets a scale), "
+      "got a 0-d tensor");
+  STD_TORCH_CHECK(
+      is_symmetric_code_dtype(dtype), "quanta::", op, ": dtype must be one of ", kCodeDtypes,
+      ", got ", dtype_name(dtype));
+  std::vector<int64_t> scale_sizes(input.sizes().begin(), input.sizes().end());
+  scale_sizes.back() = 1;
+  Tensor scale = torch::stable::new_empty(input, scale_sizes);
+  const Tensor x = input.is_contiguous() ? input : torch::stable::contiguous(input);
+  float qmax = 127.0f;
+  with_code_type(dtype, [&]<class Code>() {
+    if constexpr (!std::is_same_v<Code, int8_t>) {
+      qmax = static_cast<float>(std::numeric_limits<Code>::max());
+    }
+  });
+  with_float_type(input.scalar_type(), [&]<class In>() { dynamic_scales<In>(x, qmax, scale); });
+  return {quantize_symmetric_cpu(x, scale, dtype), scale};
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(quanta, CPU, m) {
   m.impl("quantize_symmetric", TORCH_BOX(&quantize_symmetric_cpu));
   m.impl("dequantize_symmetric", TORCH_BOX(&dequantize_symmetric_cpu));
+  m.impl("quantize_dynamic", TORCH_BOX(&quantize_dynamic_cpu));
 }

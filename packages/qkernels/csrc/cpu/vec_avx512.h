@@ -31,6 +31,34 @@ struct Avx512 {
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
 
   static F int32_to_float(__m512i v) { return _mm512_cvtepi32_ps(v); }
+  static F load_int32(const int32_t* p) { return int32_to_float(_mm512_loadu_si512(p)); }
+
+  // rows[i][j] becomes rows[j][i]: 32-bit, then 64-bit interleaves, then two rounds of 128-bit
+  // lane shuffles.
+  static void transpose16(F (&rows)[16]) {
+    __m512i a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+      a[i] = _mm512_unpacklo_epi32(_mm512_castps_si512(rows[i]), _mm512_castps_si512(rows[i + 1]));
+      a[i + 1] =
+          _mm512_unpackhi_epi32(_mm512_castps_si512(rows[i]), _mm512_castps_si512(rows[i + 1]));
+    }
+    for (int i = 0; i < 16; i += 4) {
+      b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+      b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+      b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+      b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8) {
+      for (int i = 0; i < 4; ++i) {
+        a[h + i] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0x88);
+        a[h + i + 4] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0xDD);
+      }
+    }
+    for (int i = 0; i < 8; ++i) {
+      rows[i] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(a[i], a[i + 8], 0x88));
+      rows[i + 8] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(a[i], a[i + 8], 0xDD));
+    }
+  }
 
   // The 16 float8 codes of `bytes` as floats. e5m2 is the high byte of an IEEE half. e4m3 codes,
   // sign-extended to 16 bits and shifted left by 7, are a half (once bit 14, a copy of the sign,
@@ -82,13 +110,16 @@ struct Avx512 {
 
   static void store(float* out, F v) { _mm512_storeu_ps(out, v); }
   static void store(BFloat16Bits* out, F v) {
-    // Round to nearest even on the bits (dequantized weights are finite).
+    // Round to nearest even on the bits; NaN stays NaN as in bfloat16_bits (weight_codes.h).
     const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded =
-        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-    _mm256_storeu_si256(
-        reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+    const __m512i high = _mm512_srli_epi32(bits, 16);
+    const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+    const __m512i result =
+        _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet_nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(result));
   }
   static void store(Float16Bits* out, F v) {
     _mm256_storeu_si256(

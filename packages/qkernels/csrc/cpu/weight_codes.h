@@ -83,6 +83,37 @@ inline float code_value(const uint8_t* row, int64_t k) {
   }
 }
 
+// IEEE half bits to float (exact: subnormals, infinities and NaN included).
+inline float half_value(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1Fu;
+  const uint32_t mantissa = bits & 0x3FFu;
+  if (exponent == 0) {
+    const float magnitude = __builtin_ldexpf(static_cast<float>(mantissa), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  const uint32_t wide_exponent = exponent == 0x1F ? 0xFFu : exponent + 112;
+  return bits_float(sign | (wide_exponent << 23) | (mantissa << 13));
+}
+
+// Element i of a parameter array, as a float; 0 for none.
+inline float param_value(const Params& params, int64_t i) {
+  if (params.data == nullptr) {
+    return 0.0f;
+  }
+  switch (params.type) {
+    case ParamType::kFloat32:
+      return static_cast<const float*>(params.data)[i];
+    case ParamType::kBFloat16:
+      return bits_float(static_cast<uint32_t>(static_cast<const uint16_t*>(params.data)[i]) << 16);
+    case ParamType::kFloat16:
+      return half_value(static_cast<const uint16_t*>(params.data)[i]);
+    case ParamType::kUInt8:
+      return static_cast<float>(static_cast<const uint8_t*>(params.data)[i]);
+  }
+  return 0.0f;
+}
+
 // float to bfloat16, rounding to nearest even (NaN stays NaN).
 inline uint16_t bfloat16_bits(float value) {
   const uint32_t bits = float_bits(value);
@@ -128,6 +159,18 @@ inline void store_scalar(BFloat16Bits* out, float value) {
 }
 inline void store_scalar(Float16Bits* out, float value) {
   out->bits = float16_bits(value);
+}
+
+// out[i] = value, stored as dtype.
+inline void store_output(void* out, OutputDtype dtype, int64_t i, float value) {
+  switch (dtype) {
+    case OutputDtype::kFloat32:
+      return store_scalar(static_cast<float*>(out) + i, value);
+    case OutputDtype::kBFloat16:
+      return store_scalar(static_cast<BFloat16Bits*>(out) + i, value);
+    case OutputDtype::kFloat16:
+      return store_scalar(static_cast<Float16Bits*>(out) + i, value);
+  }
 }
 
 }  // namespace

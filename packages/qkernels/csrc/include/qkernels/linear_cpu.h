@@ -16,6 +16,15 @@ constexpr int weight_bits(WeightFormat format) {
   return format == WeightFormat::kUInt4 ? 4 : format == WeightFormat::kUInt2 ? 2 : 8;
 }
 
+// Scales, zero points and biases are read as stored, so that a call converts none of them.
+enum class ParamType : int { kFloat32, kBFloat16, kFloat16, kUInt8 };
+
+// A flat array of such parameters; data is nullptr for "none" (a zero point or bias of 0).
+struct Params {
+  const void* data;
+  ParamType type;
+};
+
 // A quantized weight [n, k]: value = (code - zero) * scale, with one scale (and zero) per group
 // of group_size codes along k. Symmetric weights have one group per row and no zero.
 struct WeightView {
@@ -25,19 +34,23 @@ struct WeightView {
   int64_t k;
   int64_t row_bytes;
   int64_t group_size;   // divides k
-  const float* scale;   // [n, k / group_size]
-  const float* zero;    // [n, k / group_size], or nullptr for 0
+  Params scale;         // [n, k / group_size]
+  Params zero;          // [n, k / group_size], or none
 };
 
-// out[m, n] = sum_k x[m, k] * weight[n, k] + bias[n], all fp32, for m rows and the columns
-// [n_begin, n_end); every weight row is read once for all m rows.
+// Where a result goes: float32, or the bits of a 16-bit float format.
+enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
+
+// out[m, n] = sum_k x[m, k] * weight[n, k] + bias[n], accumulated in fp32 and stored as
+// out_dtype, for m rows and the columns [n_begin, n_end); every weight row is read once.
 struct DecodeProblem {
   WeightView weight;
   const float* x;           // [m, k]
   const float* group_sums;  // [m, k / group_size]: sums of x per group (read when zero is set)
   int64_t m;
-  const float* bias;        // [n]
-  float* out;               // [m, n]
+  Params bias;              // [n], or none
+  void* out;                // [m, n]
+  OutputDtype out_dtype;
 };
 
 // The decode problem for bfloat16 activations and 4-bit weights whose groups are multiples of 64
@@ -48,8 +61,9 @@ struct Bf16DecodeProblem {
   const uint16_t* x;        // [m, k], chunks deinterleaved
   const float* group_sums;  // [m, k / group_size]
   int64_t m;
-  const float* bias;        // [n]
-  float* out;               // [m, n]
+  Params bias;              // [n], or none
+  void* out;                // [m, n]
+  OutputDtype out_dtype;
 };
 
 
@@ -65,16 +79,17 @@ struct Int8DecodeProblem {
   int32_t* acc;          // [m, n]
 };
 
-// Where a dequantized weight goes: rows [n_begin, n_end) of a [n, k] array of this dtype.
-enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
-
 // The element type of the activations that the int8 quantizer reads.
 enum class InputDtype : int { kFloat32, kBFloat16 };
 
 // The int32 result of an int8 product and what scales it (quanta::linear_int8):
-// out[i, j] = acc[i, j] * row_scale[i] * scale[j] + bias[j], in fp32, in that order.
+// out[i, j] = acc(i, j) * row_scale[i] * scale[j] + bias[j], in fp32, in that order. acc(i, j)
+// is acc[i, j] ([m, n]), or acc[j, i] for a product computed transposed ([n, m]: aten::_int_mm
+// with the weight as its first operand, which spares oneDNN a reordered copy of the weight).
 struct Int32Product {
-  const int32_t* acc;       // [m, n]
+  const int32_t* acc;
+  bool transposed;
+  int64_t m;
   const float* row_scale;   // [m], or a single value when !per_row
   bool per_row;
   const float* scale;       // [n]

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 OPS = (
     "quantize_symmetric",
     "dequantize_symmetric",
+    "quantize_dynamic",
     "quantize_affine",
     "dequantize_affine",
     "pack",

@@ -15,6 +15,12 @@ def quantize_symmetric(input, scale, dtype):
     return torch.empty_like(input, dtype=dtype, memory_format=torch.contiguous_format)
 
 
+def quantize_dynamic(input, dtype):
+    ref.check_quantize_dynamic(input, dtype)
+    codes = torch.empty_like(input, dtype=dtype, memory_format=torch.contiguous_format)
+    return codes, input.new_empty(*input.shape[:-1], 1)
+
+
 def dequantize_symmetric(codes, scale, dtype):
     ref.check_dequantize_symmetric(codes, scale, dtype)
     return torch.empty_like(codes, dtype=dtype, memory_format=torch.contiguous_format)

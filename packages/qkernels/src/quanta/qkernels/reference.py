@@ -24,6 +24,7 @@ __all__ = [
     "linear_symmetric",
     "pack",
     "quantize_affine",
+    "quantize_dynamic",
     "quantize_symmetric",
     "unpack",
 ]
@@ -39,6 +40,23 @@ def quantize_symmetric(
         return scaled.round().clamp(-128, 127).to(torch.int8)
     limit = torch.finfo(dtype).max
     return scaled.clamp(-limit, limit).to(dtype)
+
+
+def quantize_dynamic(input: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scale) with one scale per row of the last dimension, in input's dtype.
+
+    scale = max|row| / qmax in fp32 (qmax: 127 for int8, finfo(dtype).max for float8), 1 where
+    that is 0 or NaN, at least finfo(input.dtype).tiny; codes = quantize_symmetric(input, scale).
+    """
+    check_quantize_dynamic(input, dtype)
+    qmax = 127.0 if dtype == torch.int8 else torch.finfo(dtype).max
+    if input.shape[-1] == 0:
+        absmax = input.new_zeros(*input.shape[:-1], 1, dtype=torch.float32)
+    else:
+        absmax = input.abs().amax(dim=-1, keepdim=True).float()
+    scale = torch.where(absmax > 0, absmax / qmax, 1.0).clamp(min=torch.finfo(input.dtype).tiny)
+    scale = scale.to(input.dtype)
+    return quantize_symmetric(input, scale, dtype), scale
 
 
 def dequantize_symmetric(
@@ -180,6 +198,17 @@ def check_quantize_symmetric(input, scale, dtype) -> None:
     v.check_floating(op, "scale", scale)
     v.check_target_dtype(op, dtype, v.SYMMETRIC_CODE_DTYPES)
     v.check_broadcasts_to(op, "scale", scale, input.shape)
+
+
+def check_quantize_dynamic(input, dtype) -> None:
+    op = "quantize_dynamic"
+    v.check_floating(op, "input", input)
+    if input.dim() == 0:
+        raise ValueError(
+            f"quanta::{op}: input must have at least one dimension (each row of the last one "
+            "gets a scale), got a 0-d tensor"
+        )
+    v.check_target_dtype(op, dtype, v.SYMMETRIC_CODE_DTYPES)
 
 
 def check_dequantize_symmetric(codes, scale, dtype) -> None:

@@ -72,11 +72,17 @@ class QActivationTensor(QSymmetricTensor):
 
     @classmethod
     def quantize_per_token(cls, x: torch.Tensor, qtype: QType) -> QActivationTensor:
-        """Quantize with one scale per row of the last dimension, max|row| / qmax (dynamic)."""
-        absmax = x.detach().abs().amax(dim=-1, keepdim=True).float()
-        tiny = torch.finfo(x.dtype).tiny
-        scale = torch.where(absmax > 0, absmax / qtype.qmax, 1.0).clamp(min=tiny)
-        return cls.quantize(x, scale, qtype)
+        """Quantize with one scale per row of the last dimension, max|row| / qmax (dynamic).
+
+        One op (quanta::quantize_dynamic) finds the scales and the codes; with autograd on and x
+        requiring grad (QAT), the gradient passes straight through to x.
+        """
+
+        def quantize(tensor: torch.Tensor) -> QActivationTensor:
+            codes, scale = torch.ops.quanta.quantize_dynamic(tensor, qtype.dtype)
+            return cls(codes, scale, qtype, tensor.shape)
+
+        return straight_through_quantize(x, quantize)
 
     @property
     def is_per_tensor(self) -> bool:
