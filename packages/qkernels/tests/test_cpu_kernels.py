@@ -111,6 +111,39 @@ def test_linear_affine(cpu_isa, bits, group_size, groups, rows):
             assert_matches_reference(out, expected, dtype)
 
 
+@pytest.mark.parametrize("rows", [17, 256])
+def test_bf16_dequantizer_equals_the_generic_one(monkeypatch, rows):
+    """avx512_bf16's own bfloat16 dequantizer (4-bit and int8 weights, prefill path) gives the
+    outputs of the generic one (avx512) bit for bit; other group sizes fall back to it."""
+    monkeypatch.setenv("QUANTA_CPU_ISA", "avx512_bf16")
+    if quanta.qkernels.cpu_isa() != "avx512_bf16":
+        pytest.skip("this processor has no avx512_bf16")
+    torch.manual_seed(0)
+
+    def on_both_isas(op, *args):
+        outputs = []
+        for isa in ("avx512_bf16", "avx512"):
+            monkeypatch.setenv("QUANTA_CPU_ISA", isa)
+            outputs.append(op(*args))
+        return outputs
+
+    for group_size, param_dtype in itertools.product([32, 128, 24], PARAM_DTYPES[:3]):
+        k = group_size * 17
+        packed = torch.ops.quanta.pack(torch.randint(0, 16, (N, k), dtype=torch.uint8), 4)
+        scale = ((torch.rand(N, 17) + 0.5) / (16 * k**0.5)).to(param_dtype)
+        for zero in (torch.randint(0, 16, (N, 17), dtype=torch.uint8), scale * 7):
+            x = torch.randn(rows, k, dtype=torch.bfloat16)
+            args = (x, packed, scale, zero, 4, group_size, None)
+            fast, generic = on_both_isas(torch.ops.quanta.linear_affine, *args)
+            assert torch.equal(fast, generic)
+    for k, param_dtype in itertools.product([256, 211], PARAM_DTYPES[:3]):
+        codes = symmetric_codes(torch.int8, k)
+        scale = ((torch.rand(N, 1) + 0.5) / (127 * k**0.5)).to(param_dtype)
+        x, bias = torch.randn(rows, k, dtype=torch.bfloat16), torch.randn(N, dtype=param_dtype)
+        fast, generic = on_both_isas(torch.ops.quanta.linear_symmetric, x, codes, scale, bias)
+        assert torch.equal(fast, generic)
+
+
 @pytest.mark.parametrize("rows", [1, 17])
 def test_opcheck_linear_ops(cpu_isa, rows):
     k, group_size = 96, 32

@@ -145,19 +145,18 @@ void sum_groups(const T* x, int64_t m, int64_t k, int64_t group_size, float* out
 
 // x [m, k] of any float dtype for decode_fp32: float32 (converted into scratch unless it is).
 template <class T>
-DecodeInput float32_decode_input(const Tensor& x2d, const WeightView& view) {
-  const int64_t m = x2d.size(0);
+DecodeInput float32_decode_input(const Tensor& input, int64_t m, const WeightView& view) {
   const int64_t k = view.k;
   const bool convert_x = !std::is_same_v<T, float>;
   const int64_t sums = view.zero.data != nullptr ? m * (k / view.group_size) : 0;
   const int64_t floats = (convert_x ? m * k : 0) + sums;
-  DecodeInput in{x2d, x2d.const_data_ptr(), nullptr};
+  DecodeInput in{input, input.const_data_ptr(), nullptr};
   if (floats == 0) {
     return in;
   }
-  in.scratch = torch::stable::new_empty(x2d, {floats}, ScalarType::Float);
+  in.scratch = torch::stable::new_empty(input, {floats}, ScalarType::Float);
   float* buffer = in.scratch.mutable_data_ptr<float>();
-  const T* x = static_cast<const T*>(x2d.const_data_ptr());
+  const T* x = static_cast<const T*>(input.const_data_ptr());
   if (convert_x) {
     convert<T, float>(x, buffer, m * k);
     in.x = buffer;
@@ -170,48 +169,49 @@ DecodeInput float32_decode_input(const Tensor& x2d, const WeightView& view) {
   return in;
 }
 
-DecodeInput decode_input(const Tensor& x2d, const WeightView& view) {
-  switch (x2d.scalar_type()) {
-    case ScalarType::BFloat16: return float32_decode_input<c10::BFloat16>(x2d, view);
-    case ScalarType::Half: return float32_decode_input<c10::Half>(x2d, view);
-    default: return float32_decode_input<float>(x2d, view);
+DecodeInput decode_input(const Tensor& input, int64_t m, const WeightView& view) {
+  switch (input.scalar_type()) {
+    case ScalarType::BFloat16: return float32_decode_input<c10::BFloat16>(input, m, view);
+    case ScalarType::Half: return float32_decode_input<c10::Half>(input, m, view);
+    default: return float32_decode_input<float>(input, m, view);
   }
 }
 
 // x [m, k] in bfloat16 for decode_uint4: each 64-value chunk of a row as its 32 even-index
 // values, then its 32 odd-index ones; then the group sums.
-DecodeInput bf16_decode_input(const Tensor& x2d, const WeightView& view) {
-  const int64_t m = x2d.size(0);
+DecodeInput bf16_decode_input(const Tensor& input, int64_t m, const WeightView& view) {
   const int64_t k = view.k;
   const int64_t groups = k / view.group_size;
-  Tensor scratch = torch::stable::new_empty(x2d, {m * k / 2 + m * groups}, ScalarType::Float);
+  Tensor scratch = torch::stable::new_empty(input, {m * k / 2 + m * groups}, ScalarType::Float);
   uint16_t* ordered = static_cast<uint16_t*>(scratch.mutable_data_ptr());
   float* sums = scratch.mutable_data_ptr<float>() + m * k / 2;
-  const uint16_t* x = static_cast<const uint16_t*>(x2d.const_data_ptr());
+  const uint16_t* x = static_cast<const uint16_t*>(input.const_data_ptr());
   for (int64_t chunk = 0; chunk < m * k; chunk += 64) {
     for (int64_t j = 0; j < 32; ++j) {
       ordered[chunk + j] = x[chunk + 2 * j];
       ordered[chunk + 32 + j] = x[chunk + 2 * j + 1];
     }
   }
-  sum_groups(static_cast<const c10::BFloat16*>(x2d.const_data_ptr()), m, k, view.group_size, sums);
+  sum_groups(static_cast<const c10::BFloat16*>(input.const_data_ptr()), m, k, view.group_size, sums);
   return {scratch, ordered, sums};
 }
 
-// The decode path, for input [m, k] with m <= kDecodeMaxRows: every weight row is read once and
-// decoded in registers, products summed in float32, the result stored in the input's dtype. The
-// bfloat16 dot-product kernel serves bfloat16 activations and 4-bit weights on AVX512-BF16.
-Tensor linear_decode(const Tensor& input2d, const WeightView& view, const Params& bias) {
-  const int64_t m = input2d.size(0);
-  const OutputDtype out_dtype = *output_dtype(input2d.scalar_type());
-  Tensor out = torch::stable::new_empty(input2d, {m, view.n});
+// The decode path, for a contiguous input of m <= kDecodeMaxRows rows of k (any leading shape):
+// every weight row is read once and decoded in registers, products summed in float32, the result
+// stored in the input's dtype, shaped out_sizes. The bfloat16 dot-product kernel serves bfloat16
+// activations and 4-bit weights on AVX512-BF16.
+Tensor linear_decode(
+    const Tensor& input, int64_t m, const WeightView& view, const Params& bias,
+    const std::vector<int64_t>& out_sizes) {
+  const OutputDtype out_dtype = *output_dtype(input.scalar_type());
+  Tensor out = torch::stable::new_empty(input, out_sizes);
   void* out_data = out.mutable_data_ptr();
   const int64_t grain = grain_rows(view.row_bytes * m);
   const Isa isa = quanta::qkernels::cpu::active_isa();
 #ifdef QKERNELS_X86_KERNELS
-  if (isa == Isa::kAvx512Bf16 && input2d.scalar_type() == ScalarType::BFloat16 &&
+  if (isa == Isa::kAvx512Bf16 && input.scalar_type() == ScalarType::BFloat16 &&
       view.format == WeightFormat::kUInt4 && view.group_size % 64 == 0) {
-    const DecodeInput in = bf16_decode_input(input2d, view);
+    const DecodeInput in = bf16_decode_input(input, m, view);
     const Bf16DecodeProblem problem{
         view, static_cast<const uint16_t*>(in.x), in.group_sums, m, bias, out_data, out_dtype};
     torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
@@ -220,7 +220,7 @@ Tensor linear_decode(const Tensor& input2d, const WeightView& view, const Params
     return out;
   }
 #endif
-  const DecodeInput in = decode_input(input2d, view);
+  const DecodeInput in = decode_input(input, m, view);
   const DecodeProblem problem{
       view, static_cast<const float*>(in.x), in.group_sums, m, bias, out_data, out_dtype};
   const LinearKernels& impl = linear_kernels(isa);
@@ -288,13 +288,13 @@ Tensor linear_native(
   const int64_t m = input.numel() / k;
   std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
   out_sizes.back() = w.view.n;
-  const Tensor input2d = as_contiguous(torch::stable::reshape(input, {m, k}));
   if (m > kDecodeMaxRows) {
+    const Tensor input2d = as_contiguous(torch::stable::reshape(input, {m, k}));
     return torch::stable::reshape(linear_prefill(input2d, w.view, bias), out_sizes);
   }
   const std::optional<Tensor> bias_param =
       bias.has_value() ? std::optional<Tensor>(param_tensor(*bias)) : std::nullopt;
-  return torch::stable::reshape(linear_decode(input2d, w.view, params_of(bias_param)), out_sizes);
+  return linear_decode(as_contiguous(input), m, w.view, params_of(bias_param), out_sizes);
 }
 
 // The native kernels cover float32/bfloat16/float16 activations and a non-empty problem.

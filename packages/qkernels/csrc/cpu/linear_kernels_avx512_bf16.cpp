@@ -5,7 +5,8 @@
 // 32 products in pairs into 16 fp32 lanes): about half the work of the fp32 path. The 128 is
 // taken out with the group's zero: sum x * (q - z) = sum x * (128 + q) - (128 + z) * sum x, for
 // all groups at once after the dot products. Also the exact int8 x int8 product of a few rows
-// with AVX512-VNNI (every processor with AVX512-BF16 has it).
+// with AVX512-VNNI (every processor with AVX512-BF16 has it), and a dequantizer of its own for
+// bfloat16 output of 4-bit codes (looked up in a table of each group's 16 values) and int8 codes.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -28,8 +29,93 @@ struct Avx512Bf16 : Avx512 {
 }  // namespace quanta::qkernels::cpu
 
 namespace quanta::qkernels::cpu::avx512_bf16 {
+namespace {
 
-const LinearKernels kLinearKernels = make_linear_kernels<Avx512Bf16>();
+// (q - zero) * scale, and when both factors are NaN the NaN of q - zero, as in the generic
+// dequantizer: x86 returns the NaN of the first operand, and the compiler may swap the two.
+__m512 affine_value(__m512 q, __m512 zero, __m512 scale) {
+  const __m512 shifted = _mm512_sub_ps(q, zero);
+  const __mmask16 nan = _mm512_cmp_ps_mask(shifted, shifted, _CMP_UNORD_Q);
+  return _mm512_mask_mov_ps(_mm512_mul_ps(shifted, scale), nan, shifted);
+}
+
+// Codes [0, size) of a 4-bit group (size / 2 bytes at src) as bfloat16: the 16 values of the
+// group, computed once into a word table, are looked up 32 codes at a time with vpermw.
+void dequantize_uint4_group(
+    const uint8_t* src, int64_t size, __m512 scale, __m512 zero, uint16_t* dst) {
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // Words 0 .. 15 and 16 .. 31 both hold the values of codes 0 .. 15: vpermw reads 5 bits of
+  // an index, and bit 4 of ours is the low bit of the other code of the byte.
+  const __m512i table = _mm512_broadcast_i64x4(
+      (__m256i)_mm512_cvtneps_pbh(affine_value(codes, zero, scale)));
+  // The 16 bytes of a step are loaded into every 128-bit lane, so that vpshufb can fill dword i
+  // with four copies of byte i (codes 2i and 2i + 1); shifting its high word right by 4 leaves
+  // code 2i in the low bits of the low word and code 2i + 1 in those of the high word: the
+  // vpermw indices of the two codes, in order.
+  const __m512i spread = _mm512_setr_epi32(
+      0x00000000, 0x01010101, 0x02020202, 0x03030303, 0x04040404, 0x05050505, 0x06060606,
+      0x07070707, 0x08080808, 0x09090909, 0x0A0A0A0A, 0x0B0B0B0B, 0x0C0C0C0C, 0x0D0D0D0D,
+      0x0E0E0E0E, 0x0F0F0F0F);
+  const __m512i odd_shift = _mm512_set1_epi32(4 << 16);
+  for (int64_t i = 0; i < size; i += 32) {
+    const __m512i bytes =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i / 2)));
+    const __m512i index = _mm512_srlv_epi16(_mm512_shuffle_epi8(bytes, spread), odd_shift);
+    _mm512_storeu_si512(dst + i, _mm512_permutexvar_epi16(index, table));
+  }
+}
+
+// Codes [0, size) of an int8 group as bfloat16, 32 at a time: two vectors of values rounded by
+// one vcvtne2ps2bf16 into one 64-byte store. Without a zero point the subtraction is left out:
+// (q - 0) * scale is q * scale exactly.
+void dequantize_int8_group(
+    const uint8_t* src, int64_t size, __m512 scale, __m512 zero, bool has_zero, uint16_t* dst) {
+  const auto value = [&](const uint8_t* p) {
+    const __m512 q = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    return has_zero ? affine_value(q, zero, scale) : _mm512_mul_ps(q, scale);
+  };
+  for (int64_t i = 0; i < size; i += 32) {
+    _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(value(src + i + 16), value(src + i)));
+  }
+}
+
+// The bfloat16 dequantizer of 4-bit and int8 codes (the prefill path): bit for bit the generic
+// one ((q - zero) * scale in fp32, rounded by vcvtneps2bf16), about 2.4x (4-bit) and 1.4x (int8)
+// faster in cache; blocks larger than the L2 cache are mostly bound by the memory writes. Groups
+// that are not whole 32-code steps (the generic dequantizer rounds their tails in scalar code),
+// other formats and other outputs take the generic one.
+void dequantize_bf16(
+    const WeightView& w, OutputDtype dtype, void* out, int64_t n_begin, int64_t n_end) {
+  const bool uint4 = w.format == WeightFormat::kUInt4;
+  if (dtype != OutputDtype::kBFloat16 || w.group_size % 32 != 0 ||
+      !(uint4 || w.format == WeightFormat::kInt8)) {
+    return dequantize<Avx512Bf16>(w, dtype, out, n_begin, n_end);
+  }
+  const int64_t groups = w.k / w.group_size;
+  const int64_t group_bytes = w.group_size * weight_bits(w.format) / 8;
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* src = w.codes + n * w.row_bytes + g * group_bytes;
+      uint16_t* dst = static_cast<uint16_t*>(out) + n * w.k + g * w.group_size;
+      const __m512 scale = _mm512_set1_ps(param_value(w.scale, n * groups + g));
+      const __m512 zero = _mm512_set1_ps(param_value(w.zero, n * groups + g));
+      if (uint4) {
+        dequantize_uint4_group(src, w.group_size, scale, zero, dst);
+      } else {
+        dequantize_int8_group(src, w.group_size, scale, zero, w.zero.data != nullptr, dst);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const LinearKernels kLinearKernels = [] {
+  LinearKernels kernels = make_linear_kernels<Avx512Bf16>();
+  kernels.dequantize = &dequantize_bf16;
+  return kernels;
+}();
 
 namespace {
 
