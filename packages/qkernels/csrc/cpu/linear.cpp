@@ -143,13 +143,15 @@ void sum_groups(const T* x, int64_t m, int64_t k, int64_t group_size, float* out
   }
 }
 
-// x [m, k] of any float dtype for decode_fp32: float32 (converted into scratch unless it is).
+// x [m, k] of any float dtype for the decode kernels: float32, converted into scratch unless it
+// is, and in lookup order (DecodeProblem::lookup) when lookup is set; else with the group sums.
 template <class T>
-DecodeInput float32_decode_input(const Tensor& input, int64_t m, const WeightView& view) {
+DecodeInput float32_decode_input(
+    const Tensor& input, int64_t m, const WeightView& view, bool lookup) {
   const int64_t k = view.k;
-  const bool convert_x = !std::is_same_v<T, float>;
-  const int64_t sums = view.zero.data != nullptr ? m * (k / view.group_size) : 0;
-  const int64_t floats = (convert_x ? m * k : 0) + sums;
+  const bool copy_x = lookup || !std::is_same_v<T, float>;
+  const int64_t sums = view.zero.data != nullptr && !lookup ? m * (k / view.group_size) : 0;
+  const int64_t floats = (copy_x ? m * k : 0) + sums;
   DecodeInput in{input, input.const_data_ptr(), nullptr};
   if (floats == 0) {
     return in;
@@ -157,8 +159,20 @@ DecodeInput float32_decode_input(const Tensor& input, int64_t m, const WeightVie
   in.scratch = torch::stable::new_empty(input, {floats}, ScalarType::Float);
   float* buffer = in.scratch.mutable_data_ptr<float>();
   const T* x = static_cast<const T*>(input.const_data_ptr());
-  if (convert_x) {
+  if (lookup) {
+    // chunk element per * i + j goes to 16 * j + i
+    const int64_t per_byte = 8 / quanta::qkernels::cpu::weight_bits(view.format);
+    for (int64_t chunk = 0; chunk < m * k; chunk += 16 * per_byte) {
+      for (int64_t j = 0; j < per_byte; ++j) {
+        for (int64_t i = 0; i < 16; ++i) {
+          buffer[chunk + 16 * j + i] = value_of(x[chunk + per_byte * i + j]);
+        }
+      }
+    }
+  } else if (copy_x) {
     convert<T, float>(x, buffer, m * k);
+  }
+  if (copy_x) {
     in.x = buffer;
     buffer += m * k;
   }
@@ -169,12 +183,20 @@ DecodeInput float32_decode_input(const Tensor& input, int64_t m, const WeightVie
   return in;
 }
 
-DecodeInput decode_input(const Tensor& input, int64_t m, const WeightView& view) {
+DecodeInput decode_input(const Tensor& input, int64_t m, const WeightView& view, bool lookup) {
   switch (input.scalar_type()) {
-    case ScalarType::BFloat16: return float32_decode_input<c10::BFloat16>(input, m, view);
-    case ScalarType::Half: return float32_decode_input<c10::Half>(input, m, view);
-    default: return float32_decode_input<float>(input, m, view);
+    case ScalarType::BFloat16: return float32_decode_input<c10::BFloat16>(input, m, view, lookup);
+    case ScalarType::Half: return float32_decode_input<c10::Half>(input, m, view, lookup);
+    default: return float32_decode_input<float>(input, m, view, lookup);
   }
+}
+
+// Whether the decode kernels of isa look 2- and 4-bit codes up (DecodeProblem::lookup): those
+// of AVX-512, for groups of whole lookup chunks.
+bool lookup_decode(Isa isa, const WeightView& view) {
+  const bool packed = view.format == WeightFormat::kUInt4 || view.format == WeightFormat::kUInt2;
+  return (isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16) && packed &&
+      view.group_size % quanta::qkernels::cpu::lookup_chunk(view.format) == 0;
 }
 
 // x [m, k] in bfloat16 for decode_uint4: each 64-value chunk of a row as its 32 even-index
@@ -199,7 +221,8 @@ DecodeInput bf16_decode_input(const Tensor& input, int64_t m, const WeightView& 
 // The decode path, for a contiguous input of m <= kDecodeMaxRows rows of k (any leading shape):
 // every weight row is read once and decoded in registers, products summed in float32, the result
 // stored in the input's dtype, shaped out_sizes. The bfloat16 dot-product kernel serves bfloat16
-// activations and 4-bit weights on AVX512-BF16.
+// activations and 4-bit weights on AVX512-BF16; other 2- and 4-bit cases on AVX-512 look their
+// codes up in a table of each group's values.
 Tensor linear_decode(
     const Tensor& input, int64_t m, const WeightView& view, const Params& bias,
     const std::vector<int64_t>& out_sizes) {
@@ -220,9 +243,10 @@ Tensor linear_decode(
     return out;
   }
 #endif
-  const DecodeInput in = decode_input(input, m, view);
+  const bool lookup = lookup_decode(isa, view);
+  const DecodeInput in = decode_input(input, m, view, lookup);
   const DecodeProblem problem{
-      view, static_cast<const float*>(in.x), in.group_sums, m, bias, out_data, out_dtype};
+      view, static_cast<const float*>(in.x), in.group_sums, m, bias, out_data, out_dtype, lookup};
   const LinearKernels& impl = linear_kernels(isa);
   torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
     impl.decode(problem, begin, end);

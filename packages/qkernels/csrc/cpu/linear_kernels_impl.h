@@ -101,27 +101,94 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
 }
 
+// decode_block for 2- and 4-bit weights with 16-lane vectors (DecodeProblem::lookup): each
+// group's values (q - zero) * scale, for every 4-bit index whose low bits are q, are computed once
+// into one vector (as the dequantizer computes them), and 16 codes at a time are looked up in it,
+// 16 bytes shifted right by bits * j giving codes per * i + j; then one FMA a code, and no
+// per-group terms. x comes in the order of the lookups.
+template <class V, WeightFormat Format, int Rows, int Cols>
+void lookup_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
+  using F = typename V::F;
+  constexpr int bits = weight_bits(Format);
+  constexpr int per_byte = 8 / bits;
+  constexpr int64_t chunk = lookup_chunk(Format);
+  const WeightView& w = p.weight;
+  const int64_t k = w.k;
+  const int64_t groups = k / w.group_size;
+  const float* x = p.x + m0 * k;
+  const uint8_t* rows[Cols];
+  for (int c = 0; c < Cols; ++c) {
+    rows[c] = w.codes + ns[c] * w.row_bytes;
+  }
+  const F codes = V::template table_codes<bits>();
+
+  F acc[Rows][Cols][2];  // two chains hide the FMA latency
+  for (int r = 0; r < Rows; ++r) {
+    for (int c = 0; c < Cols; ++c) {
+      acc[r][c][0] = acc[r][c][1] = V::zero();
+    }
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    F table[Cols];
+    for (int c = 0; c < Cols; ++c) {
+      const int64_t i = ns[c] * groups + g;
+      table[c] = V::mul(
+          V::sub(codes, V::set1(param_value(w.zero, i))), V::set1(param_value(w.scale, i)));
+    }
+    for (int64_t kk = g * w.group_size; kk < (g + 1) * w.group_size; kk += chunk) {
+      for (int c = 0; c < Cols; ++c) {
+        __builtin_prefetch(rows[c] + kk / per_byte + kPrefetchBytes);
+        auto index = V::load_bytes(rows[c] + kk / per_byte);
+        for (int j = 0; j < per_byte; ++j) {  // codes per_byte * i + j
+          const F weights = V::lookup(table[c], index);
+          index = V::template shift_right<bits>(index);
+          for (int r = 0; r < Rows; ++r) {
+            F& sum = acc[r][c][j % 2];
+            sum = V::fma(V::load(x + r * k + kk + 16 * j), weights, sum);
+          }
+        }
+      }
+    }
+  }
+  for (int r = 0; r < Rows; ++r) {
+    for (int c = 0; c < Cols; ++c) {
+      const float value =
+          V::sum(V::add(acc[r][c][0], acc[r][c][1])) + param_value(p.bias, ns[c]);
+      store_output(p.out, p.out_dtype, (m0 + r) * w.n + ns[c], value);
+    }
+  }
+}
+
 // out[.., ns[0 .. Cols]] for every activation row, in blocks of at most Rows rows.
 template <class V, WeightFormat Format, int Rows, int Cols>
 void decode_columns_of(const DecodeProblem& p, const int64_t* ns) {
+  const auto block = [&]<int R>(int64_t m0) {
+    if constexpr (V::kLanes == 16 && (Format == WeightFormat::kUInt4 ||
+                                      Format == WeightFormat::kUInt2)) {
+      if (p.lookup) {
+        return lookup_block<V, Format, R, Cols>(p, m0, ns);
+      }
+    }
+    decode_block<V, Format, R, Cols>(p, m0, ns);
+  };
   int64_t m0 = 0;
   for (; m0 + Rows <= p.m; m0 += Rows) {
-    decode_block<V, Format, Rows, Cols>(p, m0, ns);
+    block.template operator()<Rows>(m0);
   }
   if constexpr (Rows > 4) {
     if (p.m - m0 >= 4) {
-      decode_block<V, Format, 4, Cols>(p, m0, ns);
+      block.template operator()<4>(m0);
       m0 += 4;
     }
   }
   if constexpr (Rows > 2) {
     if (p.m - m0 >= 2) {
-      decode_block<V, Format, 2, Cols>(p, m0, ns);
+      block.template operator()<2>(m0);
       m0 += 2;
     }
   }
   if (p.m - m0 >= 1) {
-    decode_block<V, Format, 1, Cols>(p, m0, ns);
+    block.template operator()<1>(m0);
   }
 }
 

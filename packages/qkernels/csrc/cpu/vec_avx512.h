@@ -31,6 +31,24 @@ struct Avx512 {
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
 
   static F int32_to_float(__m512i v) { return _mm512_cvtepi32_ps(v); }
+
+  // Table lookups (the lookup decode): 16 bytes widened to one a lane, shifted, and looked up by
+  // vpermps, which reads the low 4 bits of each lane.
+  using Indices = __m512i;
+  static Indices load_bytes(const uint8_t* p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  template <int Bits>
+  static Indices shift_right(Indices v) {
+    return _mm512_srli_epi32(v, Bits);
+  }
+  static F lookup(F table, Indices index) { return _mm512_permutexvar_ps(index, table); }
+  // Lane i holds i mod 2^Bits: the code that index i looks up.
+  template <int Bits>
+  static F table_codes() {
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return int32_to_float(_mm512_and_si512(lanes, _mm512_set1_epi32((1 << Bits) - 1)));
+  }
   static F load_int32(const int32_t* p) { return int32_to_float(_mm512_loadu_si512(p)); }
 
   // rows[i][j] becomes rows[j][i]: 32-bit, then 64-bit interleaves, then two rounds of 128-bit

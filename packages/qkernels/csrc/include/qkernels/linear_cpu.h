@@ -45,13 +45,23 @@ enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
 // out_dtype, for m rows and the columns [n_begin, n_end); every weight row is read once.
 struct DecodeProblem {
   WeightView weight;
-  const float* x;           // [m, k]
+  const float* x;           // [m, k], in lookup order when lookup is set
   const float* group_sums;  // [m, k / group_size]: sums of x per group (read when zero is set)
   int64_t m;
   Params bias;              // [n], or none
   void* out;                // [m, n]
   OutputDtype out_dtype;
+  // 2- and 4-bit weights with 16-lane vectors (AVX-512), groups of a multiple of lookup_chunk():
+  // the codes are looked up in a table of each group's values. x is then given with each chunk of
+  // lookup_chunk() values as its values j, j + per, j + 2 per, ... for j = 0 .. per - 1 (per =
+  // 8 / bits, the codes of a byte), the order of the lookups; group_sums is not read.
+  bool lookup;
 };
+
+// Codes of 16 bytes: the step of the lookup decode.
+constexpr int64_t lookup_chunk(WeightFormat format) {
+  return 16 * (8 / weight_bits(format));
+}
 
 // The decode problem for bfloat16 activations and 4-bit weights whose groups are multiples of 64
 // codes, on AVX512-BF16: x holds bfloat16 bits, each 64-code chunk of a row stored as its 32
