@@ -89,7 +89,8 @@ Tensor as_contiguous(const Tensor& t) {
 // float32), so that a call converts no scale, zero point or bias.
 Tensor param_tensor(const Tensor& t) {
   const Tensor src = as_contiguous(t);
-  return param_type(src.scalar_type()).has_value() ? src : torch::stable::to(src, ScalarType::Float);
+  return param_type(src.scalar_type()).has_value() ? src
+                                                   : torch::stable::to(src, ScalarType::Float);
 }
 
 Params params_of(const std::optional<Tensor>& t) {
@@ -104,7 +105,9 @@ Params params_from(const Params& params, int64_t i) {
   if (params.data == nullptr) {
     return params;
   }
-  const int64_t bytes = params.type == ParamType::kFloat32 ? 4 : params.type == ParamType::kUInt8 ? 1 : 2;
+  const int64_t bytes = params.type == ParamType::kFloat32 ? 4
+      : params.type == ParamType::kUInt8                  ? 1
+                                                          : 2;
   return {static_cast<const char*>(params.data) + i * bytes, params.type};
 }
 
@@ -143,6 +146,20 @@ void sum_groups(const T* x, int64_t m, int64_t k, int64_t group_size, float* out
   }
 }
 
+// count elements of x, in chunks of lanes * per: element per * i + j of a chunk goes to
+// lanes * j + i (the order in which the decode kernels unpack codes), as value(element).
+template <class In, class Out, class Value>
+void deinterleave(const In* x, int64_t count, int64_t lanes, int64_t per, Out* out,
+                  const Value& value) {
+  for (int64_t chunk = 0; chunk < count; chunk += lanes * per) {
+    for (int64_t j = 0; j < per; ++j) {
+      for (int64_t i = 0; i < lanes; ++i) {
+        out[chunk + lanes * j + i] = value(x[chunk + per * i + j]);
+      }
+    }
+  }
+}
+
 // x [m, k] of any float dtype for the decode kernels: float32, converted into scratch unless it
 // is, and in lookup order (DecodeProblem::lookup) when lookup is set; else with the group sums.
 template <class T>
@@ -160,15 +177,8 @@ DecodeInput float32_decode_input(
   float* buffer = in.scratch.mutable_data_ptr<float>();
   const T* x = static_cast<const T*>(input.const_data_ptr());
   if (lookup) {
-    // chunk element per * i + j goes to 16 * j + i
     const int64_t per_byte = 8 / quanta::qkernels::cpu::weight_bits(view.format);
-    for (int64_t chunk = 0; chunk < m * k; chunk += 16 * per_byte) {
-      for (int64_t j = 0; j < per_byte; ++j) {
-        for (int64_t i = 0; i < 16; ++i) {
-          buffer[chunk + 16 * j + i] = value_of(x[chunk + per_byte * i + j]);
-        }
-      }
-    }
+    deinterleave(x, m * k, 16, per_byte, buffer, [](T v) { return value_of(v); });
   } else if (copy_x) {
     convert<T, float>(x, buffer, m * k);
   }
@@ -207,14 +217,10 @@ DecodeInput bf16_decode_input(const Tensor& input, int64_t m, const WeightView& 
   Tensor scratch = torch::stable::new_empty(input, {m * k / 2 + m * groups}, ScalarType::Float);
   uint16_t* ordered = static_cast<uint16_t*>(scratch.mutable_data_ptr());
   float* sums = scratch.mutable_data_ptr<float>() + m * k / 2;
-  const uint16_t* x = static_cast<const uint16_t*>(input.const_data_ptr());
-  for (int64_t chunk = 0; chunk < m * k; chunk += 64) {
-    for (int64_t j = 0; j < 32; ++j) {
-      ordered[chunk + j] = x[chunk + 2 * j];
-      ordered[chunk + 32 + j] = x[chunk + 2 * j + 1];
-    }
-  }
-  sum_groups(static_cast<const c10::BFloat16*>(input.const_data_ptr()), m, k, view.group_size, sums);
+  const uint16_t* bits = static_cast<const uint16_t*>(input.const_data_ptr());
+  deinterleave(bits, m * k, 32, 2, ordered, [](uint16_t v) { return v; });
+  const auto* x = static_cast<const c10::BFloat16*>(input.const_data_ptr());
+  sum_groups(x, m, k, view.group_size, sums);
   return {scratch, ordered, sums};
 }
 

@@ -347,7 +347,8 @@ void scale_int32_tile(const Int32Product& p, int64_t i0, int64_t j0, Out* out) {
   F columns[16];
   for (int c = 0; c < 16; ++c) {
     const int64_t j = j0 + c;
-    const F scaled = V::mul(V::mul(V::load_int32(p.acc + j * p.m + i0), row_scale), V::set1(p.scale[j]));
+    const F products = V::mul(V::load_int32(p.acc + j * p.m + i0), row_scale);
+    const F scaled = V::mul(products, V::set1(p.scale[j]));
     columns[c] = p.bias != nullptr ? V::add(scaled, V::set1(p.bias[j])) : scaled;
   }
   V::transpose16(columns);
