@@ -115,16 +115,6 @@ int64_t grain_rows(int64_t row_bytes) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
 }
 
-float value_of(float v) {
-  return v;
-}
-float value_of(c10::BFloat16 v) {
-  return static_cast<float>(v);
-}
-float value_of(c10::Half v) {
-  return static_cast<float>(v);
-}
-
 // The activations of the decode kernels, prepared on the calling thread into one scratch buffer:
 // x as the kernel reads it (float32, or bfloat16 in the order of decode_uint4), then the sums of
 // each row over each group (the zero-point term), when the weight has a zero point.
@@ -140,7 +130,7 @@ void sum_groups(const T* x, int64_t m, int64_t k, int64_t group_size, float* out
   for (int64_t i = 0; i < m * (k / group_size); ++i) {
     float total = 0.0f;
     for (int64_t j = 0; j < group_size; ++j) {
-      total += value_of(x[i * group_size + j]);
+      total += static_cast<float>(x[i * group_size + j]);
     }
     out[i] = total;
   }
@@ -178,7 +168,7 @@ DecodeInput float32_decode_input(
   const T* x = static_cast<const T*>(input.const_data_ptr());
   if (lookup) {
     const int64_t per_byte = 8 / quanta::qkernels::cpu::weight_bits(view.format);
-    deinterleave(x, m * k, 16, per_byte, buffer, [](T v) { return value_of(v); });
+    deinterleave(x, m * k, 16, per_byte, buffer, [](T v) { return static_cast<float>(v); });
   } else if (copy_x) {
     convert<T, float>(x, buffer, m * k);
   }

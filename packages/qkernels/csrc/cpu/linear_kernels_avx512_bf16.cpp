@@ -66,14 +66,13 @@ void dequantize_uint4_group(
 }
 
 // Codes [0, size) of an int8 group as bfloat16, 32 at a time: two vectors of values rounded by
-// one vcvtne2ps2bf16 into one 64-byte store. Without a zero point the subtraction is left out:
-// (q - 0) * scale is q * scale exactly.
-void dequantize_int8_group(
-    const uint8_t* src, int64_t size, __m512 scale, __m512 zero, bool has_zero, uint16_t* dst) {
+// one vcvtne2ps2bf16 into one 64-byte store. int8 weights are symmetric (no zero point), and
+// (q - 0) * scale, the generic dequantizer's value, is q * scale exactly.
+void dequantize_int8_group(const uint8_t* src, int64_t size, __m512 scale, uint16_t* dst) {
   const auto value = [&](const uint8_t* p) {
     const __m512 q = _mm512_cvtepi32_ps(
         _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    return has_zero ? affine_value(q, zero, scale) : _mm512_mul_ps(q, scale);
+    return _mm512_mul_ps(q, scale);
   };
   for (int64_t i = 0; i < size; i += 32) {
     _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(value(src + i + 16), value(src + i)));
@@ -103,7 +102,7 @@ void dequantize_bf16(
       if (uint4) {
         dequantize_uint4_group(src, w.group_size, scale, zero, dst);
       } else {
-        dequantize_int8_group(src, w.group_size, scale, zero, w.zero.data != nullptr, dst);
+        dequantize_int8_group(src, w.group_size, scale, dst);
       }
     }
   }
