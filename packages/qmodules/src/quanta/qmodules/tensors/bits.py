@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quanta.qmodules.tensors.base import QTensor, dequantized_call, linear_arguments
+from quanta.qmodules.tensors.base import QTensor, dequantized_call, kernel_call, linear_arguments
 from quanta.qmodules.tensors.straight_through import needs_weight_grad, straight_through_linear
 from quanta.qtypes import QType, minmax_affine_params
 
@@ -80,7 +80,8 @@ def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         return straight_through_linear(input, weight, bias)
     if not isinstance(weight, QBitsTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
-    return torch.ops.quanta.linear_affine(
+    return kernel_call(
+        torch.ops.quanta.linear_affine,
         input,
         weight.codes,
         weight.scale,

@@ -11,6 +11,7 @@ from quanta.qmodules.tensors.base import (
     QSymmetricTensor,
     QTensor,
     dequantized_call,
+    kernel_call,
     linear_arguments,
 )
 from quanta.qmodules.tensors.straight_through import needs_weight_grad, straight_through_linear
@@ -45,4 +46,4 @@ def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         return straight_through_linear(input, weight, bias)
     if not isinstance(weight, QBytesTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
-    return torch.ops.quanta.linear_symmetric(input, weight.codes, weight.scale, bias)
+    return kernel_call(torch.ops.quanta.linear_symmetric, input, weight.codes, weight.scale, bias)
