@@ -14,7 +14,7 @@ import torch
 import quanta.qkernels
 from quanta.qkernels import reference
 
-ISAS = ["avx512_bf16", "avx512", "avx2", "portable"]
+ISAS = ["amx", "avx512_bf16", "avx512", "avx2", "portable"]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # The kernels read scales, zero points and biases in the dtype they are stored in.
 PARAM_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -109,6 +109,25 @@ def test_linear_affine(cpu_isa, bits, group_size, groups, rows):
                 input.double(), packed, scale.double(), zero_point, bits, group_size, bias.double()
             )
             assert_matches_reference(out, expected, dtype)
+
+
+@pytest.mark.parametrize("k", [2048, 2050])  # 2050: rows padded to whole 32-value tile steps
+def test_prefill_of_many_panels_and_weight_blocks(cpu_isa, k):
+    # AMX: x in panels of at most 1 MiB packed (here 224-256 rows, 3 panels), each multiplied
+    # by every 32-row weight block (4 of them, the last one partial)
+    rows, n = 600, 100
+    codes = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scale = (torch.rand(n, 1) + 0.5) / (127 * k**0.5)
+    input = torch.randn(rows, k, dtype=torch.bfloat16)
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    out = torch.ops.quanta.linear_symmetric(input, codes, scale, bias)
+    expected = reference.linear_symmetric(input.double(), codes, scale.double(), bias.double())
+    assert_matches_reference(out, expected, torch.bfloat16)
+    packed = torch.ops.quanta.pack(torch.randint(0, 16, (n, 2048), dtype=torch.uint8), 4)
+    args = (packed, scale.expand(n, 16) * 8, torch.full((n, 16), 8, dtype=torch.uint8), 4, 128)
+    out = torch.ops.quanta.linear_affine(input[:, :2048], *args, None)
+    expected = reference.linear_affine(input[:, :2048].double(), *args, None)
+    assert_matches_reference(out, expected, torch.bfloat16)
 
 
 @pytest.mark.parametrize("rows", [17, 256])
@@ -246,8 +265,9 @@ def test_quantize_dynamic(cpu_isa, shape, codes_dtype, dtype):
     assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8))
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    input = torch.randn(3, 256)
+@pytest.mark.parametrize("rows, dtype", [(3, torch.float32), (100, torch.bfloat16)])
+def test_results_do_not_depend_on_the_thread_count(rows, dtype):
+    input = torch.randn(rows, 256, dtype=dtype)
     codes = symmetric_codes(torch.int8, 256)
     scale = torch.rand(N, 1) / 127
     threads = torch.get_num_threads()

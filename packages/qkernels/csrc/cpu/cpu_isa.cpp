@@ -4,6 +4,14 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include <torch/csrc/stable/library.h>
 #include <torch/headeronly/util/Exception.h>
 
@@ -14,16 +22,35 @@ namespace quanta::qkernels::cpu {
 
 namespace {
 
-constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512", "avx512_bf16"};
+constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512", "avx512_bf16", "amx"};
+constexpr Isa kWidest = Isa::kAmx;
+
+// Whether the processor has AMX-TILE and AMX-BF16 (cpuid leaf 7: edx bits 24 and 22) and Linux
+// lets this process use the tile registers (they must be asked for, since Linux 5.16).
+bool amx_usable() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0 || (edx >> 22 & 1) == 0 ||
+      (edx >> 24 & 1) == 0) {
+    return false;
+  }
+  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+  return false;
+#endif
+}
 
 Isa detect_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    const bool bf16 =
-        __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
-    return bf16 ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vnni")) {
+      return Isa::kAvx512;
+    }
+    return amx_usable() ? Isa::kAmx : Isa::kAvx512Bf16;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     return Isa::kAvx2;
@@ -42,6 +69,7 @@ Isa best_isa() {
 const LinearKernels& linear_kernels(Isa isa) {
   switch (isa) {
 #ifdef QKERNELS_X86_KERNELS
+    case Isa::kAmx:  // the AMX prefill is called by the binding; the rest is AVX512-BF16's
     case Isa::kAvx512Bf16:
       return avx512_bf16::kLinearKernels;
     case Isa::kAvx512:
@@ -64,14 +92,14 @@ Isa active_isa() {
   if (forced == nullptr || forced[0] == '\0') {
     return best;
   }
-  for (int i = 0; i <= static_cast<int>(Isa::kAvx512Bf16); ++i) {
+  for (int i = 0; i <= static_cast<int>(kWidest); ++i) {
     if (std::strcmp(forced, kIsaNames[i]) == 0) {
       // A variable can only lower the instruction set: the processor may lack a wider one.
       return i < static_cast<int>(best) ? static_cast<Isa>(i) : best;
     }
   }
-  STD_TORCH_CHECK(
-      false, "quanta: QUANTA_CPU_ISA must be one of (portable, avx2, avx512, avx512_bf16), got '",
+  STD_TORCH_CHECK(false,
+      "quanta: QUANTA_CPU_ISA must be one of (portable, avx2, avx512, avx512_bf16, amx), got '",
       forced, "'");
   return best;
 }

@@ -40,6 +40,7 @@ using quanta::qkernels::cpu::call_op;
 using quanta::qkernels::cpu::convert;
 using quanta::qkernels::cpu::float32_contiguous;
 using quanta::qkernels::cpu::linear_kernels;
+using quanta::qkernels::cpu::weight_rows;
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
@@ -49,6 +50,9 @@ constexpr int64_t kGrainBytes = 1 << 15;
 // Bytes of dequantized weight per block of the prefill path: large enough that aten::mm runs at
 // full speed (measured: 1 MiB blocks cost ~15% more than 8 MiB ones on 512 x 4096 x 4096).
 constexpr int64_t kPrefillBlockBytes = 1 << 23;
+// Bytes of the packed activations of one panel of the AMX prefill: they stay in the level-2
+// cache while every weight block is multiplied by them.
+constexpr int64_t kAmxPanelBytes = 1 << 20;
 
 std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtype) {
   return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
@@ -100,16 +104,6 @@ Params params_of(const std::optional<Tensor>& t) {
   return {t->const_data_ptr(), *param_type(t->scalar_type())};
 }
 
-// The parameters from element i on.
-Params params_from(const Params& params, int64_t i) {
-  if (params.data == nullptr) {
-    return params;
-  }
-  const int64_t bytes = params.type == ParamType::kFloat32 ? 4
-      : params.type == ParamType::kUInt8                  ? 1
-                                                          : 2;
-  return {static_cast<const char*>(params.data) + i * bytes, params.type};
-}
 
 int64_t grain_rows(int64_t row_bytes) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
@@ -195,7 +189,7 @@ DecodeInput decode_input(const Tensor& input, int64_t m, const WeightView& view,
 // of AVX-512, for groups of whole lookup chunks.
 bool lookup_decode(Isa isa, const WeightView& view) {
   const bool packed = view.format == WeightFormat::kUInt4 || view.format == WeightFormat::kUInt2;
-  return (isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16) && packed &&
+  return isa >= Isa::kAvx512 && packed &&
       view.group_size % quanta::qkernels::cpu::lookup_chunk(view.format) == 0;
 }
 
@@ -228,7 +222,7 @@ Tensor linear_decode(
   const int64_t grain = grain_rows(view.row_bytes * m);
   const Isa isa = quanta::qkernels::cpu::active_isa();
 #ifdef QKERNELS_X86_KERNELS
-  if (isa == Isa::kAvx512Bf16 && input.scalar_type() == ScalarType::BFloat16 &&
+  if (isa >= Isa::kAvx512Bf16 && input.scalar_type() == ScalarType::BFloat16 &&
       view.format == WeightFormat::kUInt4 && view.group_size % 64 == 0) {
     const DecodeInput in = bf16_decode_input(input, m, view);
     const Bf16DecodeProblem problem{
@@ -250,23 +244,12 @@ Tensor linear_decode(
   return out;
 }
 
-// Rows [n0, n0 + rows) of a weight, as a weight of their own.
-WeightView weight_rows(const WeightView& view, int64_t n0, int64_t rows) {
-  const int64_t groups = view.k / view.group_size;
-  WeightView block = view;
-  block.codes += n0 * view.row_bytes;
-  block.scale = params_from(view.scale, n0 * groups);
-  block.zero = params_from(view.zero, n0 * groups);
-  block.n = rows;
-  return block;
-}
 
-// The prefill path, for input [m, k] with m > kDecodeMaxRows: the weight is dequantized a block
-// of rows at a time (kPrefillBlockBytes) into one buffer, and each block is multiplied by aten::mm
-// (oneDNN, AMX where present) into its columns of out = x @ weightᵀ. The whole float weight is
-// never held, and a block is still in cache when aten::mm reads it.
-Tensor linear_prefill(
-    const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
+// The dequantize-then-aten::mm prefill, for input [m, k] with m > kDecodeMaxRows: the weight is
+// dequantized a block of rows at a time (kPrefillBlockBytes) into one buffer, and each block is
+// multiplied by aten::mm (oneDNN, AMX where present) into its columns of out = x @ weightᵀ. The
+// whole float weight is never held, and a block is still in cache when aten::mm reads it.
+Tensor dequantized_prefill(const Tensor& input2d, const WeightView& view) {
   const ScalarType dtype = input2d.scalar_type();
   const int64_t m = input2d.size(0);
   const int64_t k = view.k;
@@ -295,11 +278,67 @@ Tensor linear_prefill(
     Tensor out_columns = torch::stable::narrow(out, 1, n0, rows);
     torch::stable::copy_(out_columns, block_out);
   }
+  return out;
+}
+
+#ifdef QKERNELS_X86_KERNELS
+// Rows of x that the AMX prefill multiplies per dequantized weight block: as many as fit a packed
+// panel of kAmxPanelBytes (level-2 cache), a multiple of 32. With panels under 128 rows it is not
+// taken (unless x is a single panel): the weight is dequantized once per panel, and below 128 rows
+// that costs more than a third of the products (measured on 512 x 4096 x 4096).
+std::optional<int64_t> amx_panel_rows(int64_t m, int64_t k) {
+  const int64_t m_padded = (m + 31) / 32 * 32;
+  const int64_t fit = kAmxPanelBytes / ((k + 31) / 32 * 64) / 32 * 32;
+  if (fit >= m_padded) {
+    return m_padded;
+  }
+  return fit >= 128 ? std::optional<int64_t>(fit) : std::nullopt;
+}
+
+// The AMX prefill (linear_kernels_amx.cpp): x packed into tiles, then each thread's 32-row weight
+// blocks dequantized and multiplied panel by panel.
+Tensor amx_prefill(const Tensor& input2d, const WeightView& view, int64_t panel_rows) {
+  const int64_t m = input2d.size(0);
+  const int64_t k_steps = (view.k + 31) / 32;
+  const int64_t x_blocks = (m + 31) / 32 * 2;
+  Tensor packed = torch::stable::new_empty(input2d, {x_blocks * k_steps * 512});
+  Tensor out = torch::stable::new_empty(input2d, {m, view.n});
+  const quanta::qkernels::cpu::Bf16Prefill problem{
+      view, m, view.k, k_steps, panel_rows, static_cast<uint16_t*>(packed.mutable_data_ptr()),
+      static_cast<uint16_t*>(out.mutable_data_ptr())};
+  const uint16_t* x = static_cast<const uint16_t*>(input2d.const_data_ptr());
+  torch::stable::parallel_for(0, x_blocks, 1, [&](int64_t begin, int64_t end) {
+    quanta::qkernels::cpu::amx::pack_x(problem, x, begin, end);
+  });
+  torch::stable::parallel_for(0, (view.n + 31) / 32, 1, [&](int64_t begin, int64_t end) {
+    quanta::qkernels::cpu::amx::prefill(problem, begin, end);
+  });
+  return out;
+}
+#endif
+
+// The prefill path, for input [m, k] with m > kDecodeMaxRows: the AMX prefill for bfloat16
+// activations where the processor has it (and its panels are large enough), else
+// dequantized_prefill; then the bias.
+Tensor linear_prefill(
+    const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
+  const ScalarType dtype = input2d.scalar_type();
+  std::optional<Tensor> out;
+#ifdef QKERNELS_X86_KERNELS
+  const std::optional<int64_t> panel_rows = amx_panel_rows(input2d.size(0), view.k);
+  if (quanta::qkernels::cpu::active_isa() == Isa::kAmx && dtype == ScalarType::BFloat16 &&
+      panel_rows.has_value()) {
+    out = amx_prefill(input2d, view, *panel_rows);
+  }
+#endif
+  if (!out.has_value()) {
+    out = dequantized_prefill(input2d, view);
+  }
   // out - (-1) * bias: the stable ABI's one elementwise add.
   if (!bias.has_value()) {
-    return out;
+    return *out;
   }
-  return torch::stable::subtract(out, torch::stable::to(*bias, dtype), -1.0);
+  return torch::stable::subtract(*out, torch::stable::to(*bias, dtype), -1.0);
 }
 
 Tensor linear_native(
@@ -386,7 +425,7 @@ Int8Product int8_product(const Tensor& input2d, const Tensor& codes) {
   const int64_t n = codes.size(0);
 #ifdef QKERNELS_X86_KERNELS
   if (m <= kDecodeMaxRows &&
-      quanta::qkernels::cpu::active_isa() == quanta::qkernels::cpu::Isa::kAvx512Bf16) {
+      quanta::qkernels::cpu::active_isa() >= quanta::qkernels::cpu::Isa::kAvx512Bf16) {
     Tensor shifted = torch::stable::new_empty(input2d, {m, k}, ScalarType::Byte);
     const int8_t* x = input2d.const_data_ptr<int8_t>();
     uint8_t* x_u8 = shifted.mutable_data_ptr<uint8_t>();

@@ -38,6 +38,28 @@ struct WeightView {
   Params zero;          // [n, k / group_size], or none
 };
 
+// The parameters from element i on.
+inline Params params_from(const Params& params, int64_t i) {
+  if (params.data == nullptr) {
+    return params;
+  }
+  const int64_t bytes = params.type == ParamType::kFloat32 ? 4
+      : params.type == ParamType::kUInt8                  ? 1
+                                                          : 2;
+  return {static_cast<const char*>(params.data) + i * bytes, params.type};
+}
+
+// Rows [n0, n0 + rows) of a weight, as a weight of their own.
+inline WeightView weight_rows(const WeightView& view, int64_t n0, int64_t rows) {
+  const int64_t groups = view.k / view.group_size;
+  WeightView block = view;
+  block.codes += n0 * view.row_bytes;
+  block.scale = params_from(view.scale, n0 * groups);
+  block.zero = params_from(view.zero, n0 * groups);
+  block.n = rows;
+  return block;
+}
+
 // Where a result goes: float32, or the bits of a 16-bit float format.
 enum class OutputDtype : int { kFloat32, kBFloat16, kFloat16 };
 
@@ -136,6 +158,25 @@ extern const LinearKernels kLinearKernels;
 void decode_uint4(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 void decode_int8_product(const Int8DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 }
+
+// The prefill product of bfloat16 activations on AMX-BF16 (linear_kernels_amx.cpp):
+// out[m, n] = sum_k x[m, k] * weight[n, k], fp32 accumulation, stored as bfloat16.
+struct Bf16Prefill {
+  WeightView weight;
+  int64_t m;
+  int64_t k;            // weight.k
+  int64_t k_steps;      // ceil(k / 32): x and the dequantized weight rows are padded with zeros
+  int64_t panel_rows;   // rows of x multiplied per dequantized weight block: a multiple of 32
+  uint16_t* packed_x;   // [ceil(m / 32) * 2][k_steps][16][32]: x packed by pack_x
+  uint16_t* out;        // [m, n]
+};
+
+namespace amx {
+// The 16-row blocks [block_begin, block_end) of x [m, k] (bfloat16 bits) into p.packed_x.
+void pack_x(const Bf16Prefill& p, const uint16_t* x, int64_t block_begin, int64_t block_end);
+// The output columns of the 32-row weight blocks [block_begin, block_end).
+void prefill(const Bf16Prefill& p, int64_t block_begin, int64_t block_end);
+}  // namespace amx
 
 enum class Isa : int;
 // The kernels of an instruction set (see cpu_isa.h).

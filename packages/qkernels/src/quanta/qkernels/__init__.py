@@ -68,7 +68,8 @@ from quanta.qkernels import reference  # noqa: E402
 
 
 def cpu_isa() -> str:
-    """The instruction set the native CPU kernels use now: "avx512", "avx2" or "portable".
+    """The instruction set the native CPU kernels use now: "amx", "avx512_bf16", "avx512", "avx2"
+    or "portable".
 
     The widest one the processor has, unless the environment variable ``QUANTA_CPU_ISA`` names a
     lower one (read on every kernel call, so it can be changed at run time).

@@ -1,0 +1,208 @@
+// The prefill product of bfloat16 activations on AMX-BF16 (compile flags: CMakeLists.txt):
+// out = x @ weightᵀ with each weight block dequantized into the level-2 cache just before the
+// tile products read it, instead of a dequantized weight written out and read back by aten::mm.
+//
+// Tiles: C^T[n, m] = sum_k W[n, k] x[m, k], weight rows as the row-major A tiles (16 rows x 32
+// values) and x as the B tiles, packed once per call in the pair-interleaved ("VNNI") layout that
+// tdpbf16ps reads. Four accumulator tiles hold 32 weight rows x 32 activation rows (2 x 2 tiles)
+// over the whole of k; fp32 accumulation, rounded to bfloat16 once.
+//
+// Blocking: x is taken a panel of panel_rows rows at a time, whose packed copy (<= 1 MiB) stays
+// in the level-2 cache; for each panel every 32-row weight block is dequantized (once per panel)
+// and multiplied by the panel. While a block is multiplied, the codes of the next one are
+// prefetched, so dequantizing reads them from the cache, not from memory.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "qkernels/linear_cpu.h"
+
+namespace quanta::qkernels::cpu::amx {
+namespace {
+
+// The tile configuration: palette 1, the 8 tiles of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// rows[i][j] becomes rows[j][i] for 16 vectors of 16 32-bit lanes.
+void transpose16(__m512i (&rows)[16]) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(rows[i], rows[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(rows[i], rows[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      a[h + i] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0x88);
+      a[h + i + 4] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0xDD);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    rows[i] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0x88);
+    rows[i + 8] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0xDD);
+  }
+}
+
+// The 32 values k0 .. k0 + 31 of a row of x, zeros past k (and for rows past m).
+__m512i load_x(const Bf16Prefill& p, const uint16_t* x, int64_t row, int64_t k0) {
+  if (row >= p.m) {
+    return _mm512_setzero_si512();
+  }
+  const int64_t count = std::min<int64_t>(32, p.k - k0);
+  const __mmask32 lanes = count == 32 ? ~__mmask32{0} : (__mmask32{1} << count) - 1;
+  return _mm512_maskz_loadu_epi16(lanes, x + row * p.k + k0);
+}
+
+// Bytes [begin, end) of a weight's codes to prefetch, `step` bytes per step of k.
+struct Prefetch {
+  const uint8_t* codes;
+  int64_t begin;
+  int64_t end;
+  int64_t step;
+};
+
+// A 32 x 32 block of the output: C^T tiles of weight rows n0 .. n0 + 31 (in `weight`, a row
+// every k_steps * 32 values) and activation rows m0 .. m0 + 31, into c.
+void multiply_block(
+    const Bf16Prefill& p, const uint16_t* weight, int64_t m0, float* c, const Prefetch& next) {
+  const int64_t stride = p.k_steps * 64;  // bytes per weight row
+  const uint16_t* x0 = p.packed_x + (m0 / 16) * p.k_steps * 512;
+  const uint16_t* x1 = x0 + p.k_steps * 512;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < p.k_steps; ++s) {
+    _tile_loadd(4, weight + s * 32, stride);
+    _tile_loadd(5, weight + 16 * p.k_steps * 32 + s * 32, stride);
+    _tile_loadd(6, x0 + s * 512, 64);
+    _tile_loadd(7, x1 + s * 512, 64);
+    const int64_t from = next.begin + s * next.step;
+    for (int64_t at = from; at < std::min(from + next.step, next.end); at += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next.codes + at), _MM_HINT_T1);
+    }
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+// One accumulator tile, c[i][j] = out[m0 + j, n0 + i], stored as bfloat16 where in range.
+void store_tile(const Bf16Prefill& p, const float* c, int64_t n0, int64_t m0) {
+  if (n0 >= p.weight.n || m0 >= p.m) {
+    return;
+  }
+  __m512i rows[16];
+  for (int i = 0; i < 16; ++i) {
+    rows[i] = _mm512_loadu_si512(c + 16 * i);
+  }
+  transpose16(rows);
+  const int64_t columns = std::min<int64_t>(16, p.weight.n - n0);
+  const __mmask16 lanes = columns == 16 ? __mmask16{0xFFFF} : (__mmask16{1} << columns) - 1;
+  for (int64_t j = 0; j < std::min<int64_t>(16, p.m - m0); ++j) {
+    const __m256bh out = _mm512_cvtneps_pbh(_mm512_castsi512_ps(rows[j]));
+    _mm256_mask_storeu_epi16(p.out + (m0 + j) * p.weight.n + n0, lanes, (__m256i)out);
+  }
+}
+
+// Weight rows n0 .. n0 + rows - 1 dequantized to bfloat16 into `weight`, rows of k_steps * 32
+// values whose values past k are zeros.
+void dequantize_block(const Bf16Prefill& p, int64_t n0, int64_t rows, uint16_t* weight) {
+  const int64_t row_values = p.k_steps * 32;
+  if (row_values == p.k) {
+    avx512_bf16::kLinearKernels.dequantize(
+        weight_rows(p.weight, n0, rows), OutputDtype::kBFloat16, weight, 0, rows);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {  // one row at a time: rows of the buffer are longer
+    uint16_t* row = weight + r * row_values;
+    avx512_bf16::kLinearKernels.dequantize(
+        weight_rows(p.weight, n0 + r, 1), OutputDtype::kBFloat16, row, 0, 1);
+    std::memset(row + p.k, 0, (row_values - p.k) * sizeof(uint16_t));
+  }
+}
+
+// A buffer of 64-byte aligned bfloat16 values (aligned tile loads run 3x faster), kept by each
+// thread for its next call.
+uint16_t* thread_buffer(int64_t values) {
+  thread_local std::vector<uint16_t> buffer;
+  if (static_cast<int64_t>(buffer.size()) < values + 32) {
+    buffer.assign(values + 32, 0);
+  }
+  const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + ((64 - address % 64) % 64) / 2;
+}
+
+}  // namespace
+
+void pack_x(const Bf16Prefill& p, const uint16_t* x, int64_t block_begin, int64_t block_end) {
+  for (int64_t block = block_begin; block < block_end; ++block) {
+    for (int64_t s = 0; s < p.k_steps; ++s) {
+      __m512i rows[16];  // row j: the 16 value pairs (k0 + 2r, k0 + 2r + 1) of x row 16 block + j
+      for (int j = 0; j < 16; ++j) {
+        rows[j] = load_x(p, x, block * 16 + j, s * 32);
+      }
+      transpose16(rows);
+      uint16_t* tile = p.packed_x + (block * p.k_steps + s) * 512;
+      for (int r = 0; r < 16; ++r) {
+        _mm512_storeu_si512(tile + 32 * r, rows[r]);
+      }
+    }
+  }
+}
+
+void prefill(const Bf16Prefill& p, int64_t block_begin, int64_t block_end) {
+  const int64_t blocks = block_end - block_begin;
+  if (blocks <= 0) {
+    return;
+  }
+  const TileConfig config;
+  _tile_loadconfig(&config);
+  uint16_t* weight = thread_buffer(32 * p.k_steps * 32);
+  alignas(64) float c[4 * 256];
+  const int64_t m_padded = (p.m + 31) / 32 * 32;
+  for (int64_t panel = 0; panel < m_padded; panel += p.panel_rows) {
+    const int64_t panel_end = std::min(m_padded, panel + p.panel_rows);
+    const int64_t steps = (panel_end - panel) / 32 * p.k_steps;
+    for (int64_t i = 0; i < blocks; ++i) {
+      const int64_t n0 = (block_begin + i) * 32;
+      dequantize_block(p, n0, std::min<int64_t>(32, p.weight.n - n0), weight);
+      // The codes of the next block (in cyclic order: the next panel starts over), spread over
+      // the steps of this block's products.
+      const int64_t next = (block_begin + (i + 1) % blocks) * 32;
+      const int64_t bytes = std::min<int64_t>(32, p.weight.n - next) * p.weight.row_bytes;
+      const int64_t step = (bytes + steps * 64 - 1) / (steps * 64) * 64;
+      const uint8_t* codes = p.weight.codes + next * p.weight.row_bytes;
+      for (int64_t m0 = panel; m0 < panel_end; m0 += 32) {
+        const int64_t begin = (m0 - panel) / 32 * p.k_steps * step;
+        multiply_block(p, weight, m0, c, {codes, begin, bytes, step});
+        store_tile(p, c, n0, m0);
+        store_tile(p, c + 256, n0, m0 + 16);
+        store_tile(p, c + 512, n0 + 16, m0);
+        store_tile(p, c + 768, n0 + 16, m0 + 16);
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace quanta::qkernels::cpu::amx
