@@ -132,8 +132,8 @@ def test_prefill_of_many_panels_and_weight_blocks(cpu_isa, k):
 
 @pytest.mark.parametrize("rows", [17, 256])
 def test_bf16_dequantizer_equals_the_generic_one(monkeypatch, rows):
-    """avx512_bf16's own bfloat16 dequantizer (4-bit and int8 weights, prefill path) gives the
-    outputs of the generic one (avx512) bit for bit; other group sizes fall back to it."""
+    """avx512_bf16's own bfloat16 dequantizer (4-bit, int8 and float8 weights, prefill path) gives
+    the outputs of the generic one (avx512) bit for bit; other group sizes fall back to it."""
     monkeypatch.setenv("QUANTA_CPU_ISA", "avx512_bf16")
     if quanta.qkernels.cpu_isa() != "avx512_bf16":
         pytest.skip("this processor has no avx512_bf16")
@@ -155,8 +155,11 @@ def test_bf16_dequantizer_equals_the_generic_one(monkeypatch, rows):
             args = (x, packed, scale, zero, 4, group_size, None)
             fast, generic = on_both_isas(torch.ops.quanta.linear_affine, *args)
             assert torch.equal(fast, generic)
-    for k, param_dtype in itertools.product([256, 211], PARAM_DTYPES[:3]):
-        codes = symmetric_codes(torch.int8, k)
+    codes_dtypes = [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2]
+    for k, codes_dtype, param_dtype in itertools.product(
+        [256, 211], codes_dtypes, PARAM_DTYPES[:3]
+    ):
+        codes = symmetric_codes(codes_dtype, k)
         scale = ((torch.rand(N, 1) + 0.5) / (127 * k**0.5)).to(param_dtype)
         x, bias = torch.randn(rows, k, dtype=torch.bfloat16), torch.randn(N, dtype=param_dtype)
         fast, generic = on_both_isas(torch.ops.quanta.linear_symmetric, x, codes, scale, bias)

@@ -75,11 +75,17 @@ struct Prefetch {
   int64_t step;
 };
 
+// Values per row of the dequantized weight block: whole tile steps, plus 32 so that the 16 rows
+// of a tile fall in different level-1 cache sets (rows 4 KiB apart would share one).
+int64_t weight_row_values(const Bf16Prefill& p) {
+  return p.k_steps * 32 + 32;
+}
+
 // A 32 x 32 block of the output: C^T tiles of weight rows n0 .. n0 + 31 (in `weight`, a row
-// every k_steps * 32 values) and activation rows m0 .. m0 + 31, into c.
+// every weight_row_values values) and activation rows m0 .. m0 + 31, into c.
 void multiply_block(
     const Bf16Prefill& p, const uint16_t* weight, int64_t m0, float* c, const Prefetch& next) {
-  const int64_t stride = p.k_steps * 64;  // bytes per weight row
+  const int64_t row_values = weight_row_values(p);
   const uint16_t* x0 = p.packed_x + (m0 / 16) * p.k_steps * 512;
   const uint16_t* x1 = x0 + p.k_steps * 512;
   _tile_zero(0);
@@ -87,8 +93,8 @@ void multiply_block(
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t s = 0; s < p.k_steps; ++s) {
-    _tile_loadd(4, weight + s * 32, stride);
-    _tile_loadd(5, weight + 16 * p.k_steps * 32 + s * 32, stride);
+    _tile_loadd(4, weight + s * 32, row_values * 2);
+    _tile_loadd(5, weight + 16 * row_values + s * 32, row_values * 2);
     _tile_loadd(6, x0 + s * 512, 64);
     _tile_loadd(7, x1 + s * 512, 64);
     const int64_t from = next.begin + s * next.step;
@@ -124,16 +130,11 @@ void store_tile(const Bf16Prefill& p, const float* c, int64_t n0, int64_t m0) {
   }
 }
 
-// Weight rows n0 .. n0 + rows - 1 dequantized to bfloat16 into `weight`, rows of k_steps * 32
-// values whose values past k are zeros.
+// Weight rows n0 .. n0 + rows - 1 dequantized to bfloat16 into `weight`, rows of
+// weight_row_values whose values past k are zeros.
 void dequantize_block(const Bf16Prefill& p, int64_t n0, int64_t rows, uint16_t* weight) {
-  const int64_t row_values = p.k_steps * 32;
-  if (row_values == p.k) {
-    avx512_bf16::kLinearKernels.dequantize(
-        weight_rows(p.weight, n0, rows), OutputDtype::kBFloat16, weight, 0, rows);
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {  // one row at a time: rows of the buffer are longer
+  const int64_t row_values = weight_row_values(p);
+  for (int64_t r = 0; r < rows; ++r) {
     uint16_t* row = weight + r * row_values;
     avx512_bf16::kLinearKernels.dequantize(
         weight_rows(p.weight, n0 + r, 1), OutputDtype::kBFloat16, row, 0, 1);
@@ -177,7 +178,7 @@ void prefill(const Bf16Prefill& p, int64_t block_begin, int64_t block_end) {
   }
   const TileConfig config;
   _tile_loadconfig(&config);
-  uint16_t* weight = thread_buffer(32 * p.k_steps * 32);
+  uint16_t* weight = thread_buffer(32 * weight_row_values(p));
   alignas(64) float c[4 * 256];
   const int64_t m_padded = (p.m + 31) / 32 * 32;
   for (int64_t panel = 0; panel < m_padded; panel += p.panel_rows) {
