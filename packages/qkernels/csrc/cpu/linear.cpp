@@ -104,7 +104,6 @@ Params params_of(const std::optional<Tensor>& t) {
   return {t->const_data_ptr(), *param_type(t->scalar_type())};
 }
 
-
 int64_t grain_rows(int64_t row_bytes) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
 }
@@ -243,7 +242,6 @@ Tensor linear_decode(
   });
   return out;
 }
-
 
 // The dequantize-then-aten::mm prefill, for input [m, k] with m > kDecodeMaxRows: the weight is
 // dequantized a block of rows at a time (kPrefillBlockBytes) into one buffer, and each block is

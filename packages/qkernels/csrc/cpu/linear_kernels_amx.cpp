@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "qkernels/linear_cpu.h"
+#include "vec_avx512.h"
 
 namespace quanta::qkernels::cpu::amx {
 namespace {
@@ -32,39 +33,14 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// rows[i][j] becomes rows[j][i] for 16 vectors of 16 32-bit lanes.
-void transpose16(__m512i (&rows)[16]) {
-  __m512i a[16], b[16];
-  for (int i = 0; i < 16; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(rows[i], rows[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(rows[i], rows[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
-  }
-  for (int h = 0; h < 16; h += 8) {
-    for (int i = 0; i < 4; ++i) {
-      a[h + i] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0x88);
-      a[h + i + 4] = _mm512_shuffle_i32x4(b[h + i], b[h + i + 4], 0xDD);
-    }
-  }
-  for (int i = 0; i < 8; ++i) {
-    rows[i] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0x88);
-    rows[i + 8] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0xDD);
-  }
-}
-
-// The 32 values k0 .. k0 + 31 of a row of x, zeros past k (and for rows past m).
-__m512i load_x(const Bf16Prefill& p, const uint16_t* x, int64_t row, int64_t k0) {
+// The 32 values k0 .. k0 + 31 of a row of x, zeros past k (and for rows past m), as 16 pairs.
+__m512 load_x(const Bf16Prefill& p, const uint16_t* x, int64_t row, int64_t k0) {
   if (row >= p.m) {
-    return _mm512_setzero_si512();
+    return _mm512_setzero_ps();
   }
   const int64_t count = std::min<int64_t>(32, p.k - k0);
   const __mmask32 lanes = count == 32 ? ~__mmask32{0} : (__mmask32{1} << count) - 1;
-  return _mm512_maskz_loadu_epi16(lanes, x + row * p.k + k0);
+  return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(lanes, x + row * p.k + k0));
 }
 
 // Bytes [begin, end) of a weight's codes to prefetch, `step` bytes per step of k.
@@ -117,15 +93,15 @@ void store_tile(const Bf16Prefill& p, const float* c, int64_t n0, int64_t m0) {
   if (n0 >= p.weight.n || m0 >= p.m) {
     return;
   }
-  __m512i rows[16];
+  __m512 rows[16];
   for (int i = 0; i < 16; ++i) {
-    rows[i] = _mm512_loadu_si512(c + 16 * i);
+    rows[i] = _mm512_loadu_ps(c + 16 * i);
   }
-  transpose16(rows);
+  Avx512::transpose16(rows);
   const int64_t columns = std::min<int64_t>(16, p.weight.n - n0);
   const __mmask16 lanes = columns == 16 ? __mmask16{0xFFFF} : (__mmask16{1} << columns) - 1;
   for (int64_t j = 0; j < std::min<int64_t>(16, p.m - m0); ++j) {
-    const __m256bh out = _mm512_cvtneps_pbh(_mm512_castsi512_ps(rows[j]));
+    const __m256bh out = _mm512_cvtneps_pbh(rows[j]);
     _mm256_mask_storeu_epi16(p.out + (m0 + j) * p.weight.n + n0, lanes, (__m256i)out);
   }
 }
@@ -158,14 +134,14 @@ uint16_t* thread_buffer(int64_t values) {
 void pack_x(const Bf16Prefill& p, const uint16_t* x, int64_t block_begin, int64_t block_end) {
   for (int64_t block = block_begin; block < block_end; ++block) {
     for (int64_t s = 0; s < p.k_steps; ++s) {
-      __m512i rows[16];  // row j: the 16 value pairs (k0 + 2r, k0 + 2r + 1) of x row 16 block + j
+      __m512 rows[16];  // row j: the 16 value pairs (k0 + 2r, k0 + 2r + 1) of x row 16 block + j
       for (int j = 0; j < 16; ++j) {
         rows[j] = load_x(p, x, block * 16 + j, s * 32);
       }
-      transpose16(rows);
+      Avx512::transpose16(rows);
       uint16_t* tile = p.packed_x + (block * p.k_steps + s) * 512;
       for (int r = 0; r < 16; ++r) {
-        _mm512_storeu_si512(tile + 32 * r, rows[r]);
+        _mm512_storeu_ps(tile + 32 * r, rows[r]);
       }
     }
   }
