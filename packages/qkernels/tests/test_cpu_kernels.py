@@ -130,6 +130,29 @@ def test_prefill_of_many_panels_and_weight_blocks(cpu_isa, k):
     assert_matches_reference(out, expected, torch.bfloat16)
 
 
+@pytest.mark.parametrize("group_size, k", [(128, 8448), (24, 8448), (None, 8450)])
+def test_prefill_of_k_in_chunks(cpu_isa, group_size, k):
+    # AMX: k above 8192 packs to more than 1 MiB per 128 rows, so k is taken in chunks of whole
+    # groups (126-128 steps of 32 values, then the rest), the accumulators kept between chunks.
+    # None: int8 weights, one scale a row, k not a multiple of 32.
+    rows, n = 200, 40
+    input = torch.randn(rows, k, dtype=torch.bfloat16)
+    if group_size is None:
+        codes = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scale = (torch.rand(n, 1) + 0.5) / (127 * k**0.5)
+        out = torch.ops.quanta.linear_symmetric(input, codes, scale, None)
+        expected = reference.linear_symmetric(input.double(), codes, scale.double(), None)
+    else:
+        groups = k // group_size
+        packed = torch.ops.quanta.pack(torch.randint(0, 16, (n, k), dtype=torch.uint8), 4)
+        scale = (torch.rand(n, groups) + 0.5) / (16 * k**0.5)
+        zero = torch.randint(0, 16, (n, groups), dtype=torch.uint8)
+        args = (packed, scale, zero, 4, group_size, None)
+        out = torch.ops.quanta.linear_affine(input, *args)
+        expected = reference.linear_affine(input.double(), *args)
+    assert_matches_reference(out, expected, torch.bfloat16)
+
+
 @pytest.mark.parametrize("rows", [17, 256])
 def test_bf16_dequantizer_equals_the_generic_one(monkeypatch, rows):
     """avx512_bf16's own bfloat16 dequantizer (4-bit, int8 and float8 weights, prefill path) gives

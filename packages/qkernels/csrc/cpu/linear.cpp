@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -51,8 +52,10 @@ constexpr int64_t kGrainBytes = 1 << 15;
 // full speed (measured: 1 MiB blocks cost ~15% more than 8 MiB ones on 512 x 4096 x 4096).
 constexpr int64_t kPrefillBlockBytes = 1 << 23;
 // Bytes of the packed activations of one panel of the AMX prefill: they stay in the level-2
-// cache while every weight block is multiplied by them.
+// cache while every weight block is multiplied by them. Panels of 128 rows dequantize the weight
+// 4 times for 512 rows, which costs under a third of the products (measured, 512 x 4096 x 4096).
 constexpr int64_t kAmxPanelBytes = 1 << 20;
+constexpr int64_t kAmxPanelRows = 128;
 
 std::optional<Tensor> bias_as(const std::optional<Tensor>& bias, ScalarType dtype) {
   return bias.has_value() ? std::optional<Tensor>(torch::stable::to(*bias, dtype)) : std::nullopt;
@@ -280,31 +283,42 @@ Tensor dequantized_prefill(const Tensor& input2d, const WeightView& view) {
 }
 
 #ifdef QKERNELS_X86_KERNELS
-// Rows of x that the AMX prefill multiplies per dequantized weight block: as many as fit a packed
-// panel of kAmxPanelBytes (level-2 cache), a multiple of 32. The weight is dequantized once per
-// panel, so panels of few rows pay only while they are few (measured, bf16, int4 and int8:
-// panels of 64 rows (k = 5632) beat dequantize-then-aten::mm at 512 rows, 1.1-1.3x dense against
-// 1.6-1.8x; panels of 32 rows (k = 11008) at 128 rows, not at 256 or 512).
-std::optional<int64_t> amx_panel_rows(int64_t m, int64_t k) {
+// How the AMX prefill takes x: panels of as many rows as fit kAmxPanelBytes packed (level-2
+// cache) with all of k, or, when that is fewer than kAmxPanelRows rows, panels of kAmxPanelRows
+// rows and k in chunks of chunk_steps steps of 32 values (whole groups of the weight). The weight
+// is dequantized once per panel, so k is split rather than panels made smaller (measured on
+// 512 x 11008 x 4096 bf16: int4 1.04-1.09x dense in 3 chunks, 1.57x in panels of 32 rows).
+struct AmxPanels {
+  int64_t rows;
+  int64_t chunk_steps;
+};
+
+AmxPanels amx_panels(int64_t m, int64_t k, int64_t group_size) {
   const int64_t m_padded = (m + 31) / 32 * 32;
-  const int64_t fit = std::max<int64_t>(32, kAmxPanelBytes / ((k + 31) / 32 * 64) / 32 * 32);
-  const int64_t panels = (m_padded + fit - 1) / fit;
-  if (fit >= 64 || panels <= 4) {
-    return std::min(fit, m_padded);
+  const int64_t k_steps = (k + 31) / 32;
+  const int64_t fit = kAmxPanelBytes / (k_steps * 64) / 32 * 32;
+  if (fit >= std::min(m_padded, kAmxPanelRows)) {
+    return {std::min(fit, m_padded), k_steps};
   }
-  return std::nullopt;
+  const int64_t rows = std::min(m_padded, kAmxPanelRows);
+  // chunks of whole groups: a multiple of lcm(32, group_size) values, unless one group a row
+  const int64_t unit = group_size == k ? 1 : std::lcm<int64_t>(32, group_size) / 32;
+  const int64_t chunk_steps = std::max(unit, kAmxPanelBytes / (rows * 64) / unit * unit);
+  return {rows, std::min(chunk_steps, k_steps)};
 }
 
 // The AMX prefill (linear_kernels_amx.cpp): x packed into tiles, then each thread's 32-row weight
 // blocks dequantized and multiplied panel by panel.
-Tensor amx_prefill(const Tensor& input2d, const WeightView& view, int64_t panel_rows) {
+Tensor amx_prefill(const Tensor& input2d, const WeightView& view) {
   const int64_t m = input2d.size(0);
   const int64_t k_steps = (view.k + 31) / 32;
   const int64_t x_blocks = (m + 31) / 32 * 2;
+  const AmxPanels panels = amx_panels(m, view.k, view.group_size);
   Tensor packed = torch::stable::new_empty(input2d, {x_blocks * k_steps * 512});
   Tensor out = torch::stable::new_empty(input2d, {m, view.n});
   const quanta::qkernels::cpu::Bf16Prefill problem{
-      view, m, view.k, k_steps, panel_rows, static_cast<uint16_t*>(packed.mutable_data_ptr()),
+      view, m, view.k, k_steps, panels.rows, panels.chunk_steps,
+      static_cast<uint16_t*>(packed.mutable_data_ptr()),
       static_cast<uint16_t*>(out.mutable_data_ptr())};
   const uint16_t* x = static_cast<const uint16_t*>(input2d.const_data_ptr());
   torch::stable::parallel_for(0, x_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -318,17 +332,14 @@ Tensor amx_prefill(const Tensor& input2d, const WeightView& view, int64_t panel_
 #endif
 
 // The prefill path, for input [m, k] with m > kDecodeMaxRows: the AMX prefill for bfloat16
-// activations where the processor has it (and its panels are large enough), else
-// dequantized_prefill; then the bias.
+// activations where the processor has it, else dequantized_prefill; then the bias.
 Tensor linear_prefill(
     const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
   const ScalarType dtype = input2d.scalar_type();
   std::optional<Tensor> out;
 #ifdef QKERNELS_X86_KERNELS
-  const std::optional<int64_t> panel_rows = amx_panel_rows(input2d.size(0), view.k);
-  if (quanta::qkernels::cpu::active_isa() == Isa::kAmx && dtype == ScalarType::BFloat16 &&
-      panel_rows.has_value()) {
-    out = amx_prefill(input2d, view, *panel_rows);
+  if (quanta::qkernels::cpu::active_isa() == Isa::kAmx && dtype == ScalarType::BFloat16) {
+    out = amx_prefill(input2d, view);
   }
 #endif
   if (!out.has_value()) {

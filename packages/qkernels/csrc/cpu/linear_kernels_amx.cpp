@@ -4,13 +4,15 @@
 //
 // Tiles: C^T[n, m] = sum_k W[n, k] x[m, k], weight rows as the row-major A tiles (16 rows x 32
 // values) and x as the B tiles, packed once per call in the pair-interleaved ("VNNI") layout that
-// tdpbf16ps reads. Four accumulator tiles hold 32 weight rows x 32 activation rows (2 x 2 tiles)
-// over the whole of k; fp32 accumulation, rounded to bfloat16 once.
+// tdpbf16ps reads. Four accumulator tiles hold 32 weight rows x 32 activation rows (2 x 2 tiles);
+// fp32 accumulation, rounded to bfloat16 once.
 //
-// Blocking: x is taken a panel of panel_rows rows at a time, whose packed copy (<= 1 MiB) stays
-// in the level-2 cache; for each panel every 32-row weight block is dequantized (once per panel)
-// and multiplied by the panel. While a block is multiplied, the codes of the next one are
-// prefetched, so dequantizing reads them from the cache, not from memory.
+// Blocking: x is taken a panel of panel_rows rows and chunk_steps steps of k at a time, whose
+// packed copy (<= 1 MiB) stays in the level-2 cache; for each panel every 32-row weight block is
+// dequantized (those columns of it, once per panel) and multiplied by the panel. With k in
+// several chunks, the accumulators of each block wait in memory between chunks. While a block is
+// multiplied, the codes of the next one are prefetched, so dequantizing reads them from the
+// cache, not from memory.
 
 #include <immintrin.h>
 
@@ -43,40 +45,59 @@ __m512 load_x(const Bf16Prefill& p, const uint16_t* x, int64_t row, int64_t k0) 
   return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(lanes, x + row * p.k + k0));
 }
 
-// Bytes [begin, end) of a weight's codes to prefetch, `step` bytes per step of k.
+// Walks the codes of a weight block's chunk, cache line by cache line, prefetching `lines` of
+// them per step of k: rows of row_lines lines, `stride` bytes apart.
 struct Prefetch {
-  const uint8_t* codes;
-  int64_t begin;
-  int64_t end;
-  int64_t step;
+  const uint8_t* row;
+  int64_t stride;
+  int64_t row_lines;
+  int64_t rows_left;
+  int64_t lines;
+  int64_t line = 0;
+
+  void step() {
+    for (int64_t i = 0; i < lines && rows_left > 0; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + line * 64), _MM_HINT_T1);
+      if (++line == row_lines) {
+        line = 0;
+        row += stride;
+        --rows_left;
+      }
+    }
+  }
 };
 
-// Values per row of the dequantized weight block: whole tile steps, plus 32 so that the 16 rows
-// of a tile fall in different level-1 cache sets (rows 4 KiB apart would share one).
+// Values per row of the dequantized weight chunk: its steps, plus 32 so that the 16 rows of a
+// tile fall in different level-1 cache sets (rows 4 KiB apart would share one).
 int64_t weight_row_values(const Bf16Prefill& p) {
-  return p.k_steps * 32 + 32;
+  return p.chunk_steps * 32 + 32;
 }
 
-// A 32 x 32 block of the output: C^T tiles of weight rows n0 .. n0 + 31 (in `weight`, a row
-// every weight_row_values values) and activation rows m0 .. m0 + 31, into c.
-void multiply_block(
-    const Bf16Prefill& p, const uint16_t* weight, int64_t m0, float* c, const Prefetch& next) {
+// Steps [s0, s1) of k of a 32 x 32 block of the output: C^T tiles of weight rows n0 .. n0 + 31
+// (their chunk from step s0 in `weight`, a row every weight_row_values values) and activation rows
+// m0 .. m0 + 31, added to c (set, on the first chunk); `next` prefetches meanwhile.
+void multiply_steps(const Bf16Prefill& p, const uint16_t* weight, int64_t m0, int64_t s0,
+                    int64_t s1, float* c, Prefetch& next) {
   const int64_t row_values = weight_row_values(p);
   const uint16_t* x0 = p.packed_x + (m0 / 16) * p.k_steps * 512;
   const uint16_t* x1 = x0 + p.k_steps * 512;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t s = 0; s < p.k_steps; ++s) {
-    _tile_loadd(4, weight + s * 32, row_values * 2);
-    _tile_loadd(5, weight + 16 * row_values + s * 32, row_values * 2);
+  if (s0 == 0) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, c, 64);
+    _tile_loadd(1, c + 256, 64);
+    _tile_loadd(2, c + 512, 64);
+    _tile_loadd(3, c + 768, 64);
+  }
+  for (int64_t s = s0; s < s1; ++s) {
+    _tile_loadd(4, weight + (s - s0) * 32, row_values * 2);
+    _tile_loadd(5, weight + 16 * row_values + (s - s0) * 32, row_values * 2);
     _tile_loadd(6, x0 + s * 512, 64);
     _tile_loadd(7, x1 + s * 512, 64);
-    const int64_t from = next.begin + s * next.step;
-    for (int64_t at = from; at < std::min(from + next.step, next.end); at += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next.codes + at), _MM_HINT_T1);
-    }
+    next.step();
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -106,27 +127,40 @@ void store_tile(const Bf16Prefill& p, const float* c, int64_t n0, int64_t m0) {
   }
 }
 
-// Weight rows n0 .. n0 + rows - 1 dequantized to bfloat16 into `weight`, rows of
-// weight_row_values whose values past k are zeros.
-void dequantize_block(const Bf16Prefill& p, int64_t n0, int64_t rows, uint16_t* weight) {
+// Columns [k0, k1) of weight rows n0 .. n0 + rows - 1 dequantized to bfloat16 into `weight`,
+// rows of weight_row_values whose values past k1 - k0 are zeros. k0 starts a group, or the weight
+// has one group a row (its scale then serves every chunk).
+void dequantize_block(
+    const Bf16Prefill& p, int64_t n0, int64_t rows, int64_t k0, int64_t k1, uint16_t* weight) {
   const int64_t row_values = weight_row_values(p);
+  const int64_t group = p.weight.group_size;
   for (int64_t r = 0; r < rows; ++r) {
+    WeightView chunk = weight_rows(p.weight, n0 + r, 1);
+    chunk.codes += k0 * weight_bits(p.weight.format) / 8;
+    if (group == p.k) {
+      chunk.group_size = k1 - k0;
+    } else {
+      chunk.scale = params_from(chunk.scale, k0 / group);
+      chunk.zero = params_from(chunk.zero, k0 / group);
+    }
+    chunk.k = k1 - k0;
     uint16_t* row = weight + r * row_values;
-    avx512_bf16::kLinearKernels.dequantize(
-        weight_rows(p.weight, n0 + r, 1), OutputDtype::kBFloat16, row, 0, 1);
-    std::memset(row + p.k, 0, (row_values - p.k) * sizeof(uint16_t));
+    avx512_bf16::kLinearKernels.dequantize(chunk, OutputDtype::kBFloat16, row, 0, 1);
+    std::memset(row + chunk.k, 0, (row_values - chunk.k) * sizeof(uint16_t));
   }
 }
 
-// A buffer of 64-byte aligned bfloat16 values (aligned tile loads run 3x faster), kept by each
-// thread for its next call.
-uint16_t* thread_buffer(int64_t values) {
-  thread_local std::vector<uint16_t> buffer;
-  if (static_cast<int64_t>(buffer.size()) < values + 32) {
-    buffer.assign(values + 32, 0);
+// A buffer of 64-byte aligned values (aligned tile loads run 3x faster), kept by each thread
+// for its next call: one per element type.
+template <class T>
+T* thread_buffer(int64_t count) {
+  thread_local std::vector<T> buffer;
+  const int64_t padding = 64 / sizeof(T);
+  if (static_cast<int64_t>(buffer.size()) < count + padding) {
+    buffer.assign(count + padding, T{});
   }
   const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
-  return buffer.data() + ((64 - address % 64) % 64) / 2;
+  return buffer.data() + (64 - address % 64) % 64 / sizeof(T);
 }
 
 }  // namespace
@@ -154,28 +188,44 @@ void prefill(const Bf16Prefill& p, int64_t block_begin, int64_t block_end) {
   }
   const TileConfig config;
   _tile_loadconfig(&config);
-  uint16_t* weight = thread_buffer(32 * weight_row_values(p));
-  alignas(64) float c[4 * 256];
+  const int64_t chunks = (p.k_steps + p.chunk_steps - 1) / p.chunk_steps;
+  const int64_t panel_blocks = p.panel_rows / 32;
+  uint16_t* weight = thread_buffer<uint16_t>(32 * weight_row_values(p));
+  // 4 tiles per 32 panel rows, for every block while k is in several chunks
+  float* accumulators = thread_buffer<float>((chunks > 1 ? blocks : 1) * panel_blocks * 1024);
   const int64_t m_padded = (p.m + 31) / 32 * 32;
+  const int64_t bits = weight_bits(p.weight.format);
   for (int64_t panel = 0; panel < m_padded; panel += p.panel_rows) {
     const int64_t panel_end = std::min(m_padded, panel + p.panel_rows);
-    const int64_t steps = (panel_end - panel) / 32 * p.k_steps;
-    for (int64_t i = 0; i < blocks; ++i) {
-      const int64_t n0 = (block_begin + i) * 32;
-      dequantize_block(p, n0, std::min<int64_t>(32, p.weight.n - n0), weight);
-      // The codes of the next block (in cyclic order: the next panel starts over), spread over
-      // the steps of this block's products.
-      const int64_t next = (block_begin + (i + 1) % blocks) * 32;
-      const int64_t bytes = std::min<int64_t>(32, p.weight.n - next) * p.weight.row_bytes;
-      const int64_t step = (bytes + steps * 64 - 1) / (steps * 64) * 64;
-      const uint8_t* codes = p.weight.codes + next * p.weight.row_bytes;
-      for (int64_t m0 = panel; m0 < panel_end; m0 += 32) {
-        const int64_t begin = (m0 - panel) / 32 * p.k_steps * step;
-        multiply_block(p, weight, m0, c, {codes, begin, bytes, step});
-        store_tile(p, c, n0, m0);
-        store_tile(p, c + 256, n0, m0 + 16);
-        store_tile(p, c + 512, n0 + 16, m0);
-        store_tile(p, c + 768, n0 + 16, m0 + 16);
+    for (int64_t s0 = 0; s0 < p.k_steps; s0 += p.chunk_steps) {
+      const int64_t s1 = std::min(p.k_steps, s0 + p.chunk_steps);
+      const int64_t k0 = s0 * 32;
+      const int64_t k1 = std::min(p.k, s1 * 32);
+      const int64_t steps = (panel_end - panel) / 32 * (s1 - s0);
+      for (int64_t i = 0; i < blocks; ++i) {
+        const int64_t n0 = (block_begin + i) * 32;
+        dequantize_block(p, n0, std::min<int64_t>(32, p.weight.n - n0), k0, k1, weight);
+        // The codes of the next block's chunk (in cyclic order), spread over this block's steps.
+        const int64_t next = (block_begin + (i + 1) % blocks) * 32;
+        const int64_t row_lines = ((k1 - k0) * bits / 8 + 63) / 64;
+        const int64_t next_rows = std::min<int64_t>(32, p.weight.n - next);
+        Prefetch prefetch{p.weight.codes + next * p.weight.row_bytes + k0 * bits / 8,
+                          p.weight.row_bytes, row_lines, next_rows,
+                          (next_rows * row_lines + steps - 1) / steps};
+        float* c = accumulators + (chunks > 1 ? i : 0) * panel_blocks * 1024;
+        for (int64_t m0 = panel; m0 < panel_end; m0 += 32) {
+          multiply_steps(p, weight, m0, s0, s1, c + (m0 - panel) / 32 * 1024, prefetch);
+        }
+        if (s1 < p.k_steps) {
+          continue;
+        }
+        for (int64_t m0 = panel; m0 < panel_end; m0 += 32) {
+          const float* tiles = c + (m0 - panel) / 32 * 1024;
+          store_tile(p, tiles, n0, m0);
+          store_tile(p, tiles + 256, n0, m0 + 16);
+          store_tile(p, tiles + 512, n0 + 16, m0);
+          store_tile(p, tiles + 768, n0 + 16, m0 + 16);
+        }
       }
     }
   }
