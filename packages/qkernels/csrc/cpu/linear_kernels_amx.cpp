@@ -60,8 +60,9 @@ struct Prefetch {
       _mm_prefetch(reinterpret_cast<const char*>(row + line * 64), _MM_HINT_T1);
       if (++line == row_lines) {
         line = 0;
-        row += stride;
-        --rows_left;
+        if (--rows_left > 0) {
+          row += stride;
+        }
       }
     }
   }
