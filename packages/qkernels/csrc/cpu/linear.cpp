@@ -317,7 +317,7 @@ Tensor amx_prefill(const Tensor& input2d, const WeightView& view) {
   Tensor packed = torch::stable::new_empty(input2d, {x_blocks * k_steps * 512});
   Tensor out = torch::stable::new_empty(input2d, {m, view.n});
   const quanta::qkernels::cpu::Bf16Prefill problem{
-      view, m, view.k, k_steps, panels.rows, panels.chunk_steps,
+      view, m, k_steps, panels.rows, panels.chunk_steps,
       static_cast<uint16_t*>(packed.mutable_data_ptr()),
       static_cast<uint16_t*>(out.mutable_data_ptr())};
   const uint16_t* x = static_cast<const uint16_t*>(input2d.const_data_ptr());

@@ -40,9 +40,9 @@ __m512 load_x(const Bf16Prefill& p, const uint16_t* x, int64_t row, int64_t k0) 
   if (row >= p.m) {
     return _mm512_setzero_ps();
   }
-  const int64_t count = std::min<int64_t>(32, p.k - k0);
+  const int64_t count = std::min<int64_t>(32, p.weight.k - k0);
   const __mmask32 lanes = count == 32 ? ~__mmask32{0} : (__mmask32{1} << count) - 1;
-  return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(lanes, x + row * p.k + k0));
+  return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(lanes, x + row * p.weight.k + k0));
 }
 
 // Walks the codes of a weight block's chunk, cache line by cache line, prefetching `lines` of
@@ -138,7 +138,7 @@ void dequantize_block(
   for (int64_t r = 0; r < rows; ++r) {
     WeightView chunk = weight_rows(p.weight, n0 + r, 1);
     chunk.codes += k0 * weight_bits(p.weight.format) / 8;
-    if (group == p.k) {
+    if (group == p.weight.k) {
       chunk.group_size = k1 - k0;
     } else {
       chunk.scale = params_from(chunk.scale, k0 / group);
@@ -201,7 +201,7 @@ void prefill(const Bf16Prefill& p, int64_t block_begin, int64_t block_end) {
     for (int64_t s0 = 0; s0 < p.k_steps; s0 += p.chunk_steps) {
       const int64_t s1 = std::min(p.k_steps, s0 + p.chunk_steps);
       const int64_t k0 = s0 * 32;
-      const int64_t k1 = std::min(p.k, s1 * 32);
+      const int64_t k1 = std::min(p.weight.k, s1 * 32);
       const int64_t steps = (panel_end - panel) / 32 * (s1 - s0);
       for (int64_t i = 0; i < blocks; ++i) {
         const int64_t n0 = (block_begin + i) * 32;

@@ -164,8 +164,7 @@ void decode_int8_product(const Int8DecodeProblem& problem, int64_t n_begin, int6
 struct Bf16Prefill {
   WeightView weight;
   int64_t m;
-  int64_t k;            // weight.k
-  int64_t k_steps;      // ceil(k / 32): x and the dequantized weight rows are padded with zeros
+  int64_t k_steps;      // ceil(weight.k / 32): x and the dequantized rows padded with zeros
   int64_t panel_rows;   // rows of x multiplied per dequantized weight block: a multiple of 32
   int64_t chunk_steps;  // steps of k per dequantized block: all, or whole groups of the weight
   uint16_t* packed_x;   // [ceil(m / 32) * 2][k_steps][16][32]: x packed by pack_x
