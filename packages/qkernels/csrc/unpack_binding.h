@@ -23,10 +23,7 @@ struct UnpackCall {
 
 // Checks quanta::unpack's arguments (`on_device`: the tensor sits where this kernel runs).
 inline UnpackCall prepare_unpack(
-    const torch::stable::Tensor& packed,
-    int64_t bits,
-    int64_t size,
-    bool on_device,
+    const torch::stable::Tensor& packed, int64_t bits, int64_t size, bool on_device,
     const char* device_name) {
   check_unpack(packed, bits, size);
   STD_TORCH_CHECK(

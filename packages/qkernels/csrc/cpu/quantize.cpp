@@ -177,42 +177,42 @@ bool quantize_int8_vectorized(const Tensor& x, const RowScales& scales, Tensor& 
   return true;
 }
 
-Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarType dtype) {
-  quanta::qkernels::check_quantize_symmetric(input, scale, dtype);
+// out (input's shape, dtype) = an element-wise map of input and its broadcast scale:
+// map(contiguous input, its RowScales, out viewed with the contiguous input's shape).
+template <class Map>
+Tensor map_with_scale(const Tensor& input, const Tensor& scale, ScalarType dtype, const Map& map) {
   const std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
-  Tensor codes = torch::stable::new_empty(input, sizes, dtype);
+  Tensor out = torch::stable::new_empty(input, sizes, dtype);
   if (input.numel() == 0) {
-    return codes;
+    return out;
   }
   const Tensor x = input.dim() == 0 ? torch::stable::reshape(input, {1}) : input;
   const Tensor contiguous = torch::stable::contiguous(x);
   const Tensor scale32 = float32_contiguous(scale);
   const RowScales scales(scale32, contiguous);
-  Tensor flat = torch::stable::reshape(codes, {contiguous.sizes().begin(), contiguous.sizes().end()});
-  if (!quantize_int8_vectorized(contiguous, scales, flat)) {
-    with_float_type(input.scalar_type(), [&]<class In>() {
-      with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(contiguous, scales, flat); });
-    });
-  }
-  return codes;
+  Tensor flat = torch::stable::reshape(out, {contiguous.sizes().begin(), contiguous.sizes().end()});
+  map(contiguous, scales, flat);
+  return out;
+}
+
+Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarType dtype) {
+  quanta::qkernels::check_quantize_symmetric(input, scale, dtype);
+  return map_with_scale(input, scale, dtype, [&](const Tensor& x, const RowScales& s, Tensor& q) {
+    if (!quantize_int8_vectorized(x, s, q)) {
+      with_float_type(input.scalar_type(), [&]<class In>() {
+        with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(x, s, q); });
+      });
+    }
+  });
 }
 
 Tensor dequantize_symmetric_cpu(const Tensor& codes, const Tensor& scale, ScalarType dtype) {
   quanta::qkernels::check_dequantize_symmetric(codes, scale, dtype);
-  const std::vector<int64_t> sizes(codes.sizes().begin(), codes.sizes().end());
-  Tensor values = torch::stable::new_empty(codes, sizes, dtype);
-  if (codes.numel() == 0) {
-    return values;
-  }
-  const Tensor q = codes.dim() == 0 ? torch::stable::reshape(codes, {1}) : codes;
-  const Tensor contiguous = torch::stable::contiguous(q);
-  const Tensor scale32 = float32_contiguous(scale);
-  const RowScales scales(scale32, contiguous);
-  Tensor flat = torch::stable::reshape(values, {contiguous.sizes().begin(), contiguous.sizes().end()});
-  with_code_type(codes.scalar_type(), [&]<class Code>() {
-    with_float_type(dtype, [&]<class Out>() { dequantize_rows<Code, Out>(contiguous, scales, flat); });
+  return map_with_scale(codes, scale, dtype, [&](const Tensor& q, const RowScales& s, Tensor& y) {
+    with_code_type(codes.scalar_type(), [&]<class Code>() {
+      with_float_type(dtype, [&]<class Out>() { dequantize_rows<Code, Out>(q, s, y); });
+    });
   });
-  return values;
 }
 
 // The largest magnitude in a row, exact: the magnitude bits of the elements compared as

@@ -1,6 +1,7 @@
 """Fake (meta) kernels: output shapes and dtypes of every op, for torch.compile and export.
 
-Each runs the argument checks of its op (_validate.py), as its reference implementation does, then allocates the output.
+Each runs the argument checks of its op (_validate.py), as its reference implementation does,
+then allocates the output.
 """
 
 from __future__ import annotations
