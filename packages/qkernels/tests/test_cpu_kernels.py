@@ -189,6 +189,60 @@ def test_bf16_dequantizer_equals_the_generic_one(monkeypatch, rows):
         assert torch.equal(fast, generic)
 
 
+# NaN bit patterns that a rounding done on the bits alone turns into numbers: all ones (float32
+# 0xFFFFFFFF rounds up to bfloat16 +0) and the smallest signaling NaN (0x7F800001 truncates to
+# +inf), for each float dtype.
+NAN_BITS = {
+    torch.float32: (0xFFFFFFFF, 0x7F800001),
+    torch.bfloat16: (0xFFFF, 0x7F81),
+    torch.float16: (0xFFFF, 0x7C01),
+}
+BITS_DTYPE = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def nans(dtype):
+    """A NaN of each pattern of NAN_BITS[dtype], as a tensor of dtype."""
+    width = 8 * dtype.itemsize
+    signed = [b - (1 << width) if b >> (width - 1) else b for b in NAN_BITS[dtype]]
+    return torch.tensor(signed, dtype=BITS_DTYPE[dtype]).view(dtype)
+
+
+@pytest.mark.parametrize("weights", ["int8", "float8_e4m3fn", "uint4"])
+@pytest.mark.parametrize("rows", [1, 3, 40])  # decode and prefill
+def test_nan_and_inf_stay_nan_and_inf(cpu_isa, weights, rows):
+    """NaN and +-Inf in the scales (so in the weights), the bias and the activations come out as
+    NaN and +-Inf in every output dtype, where the reference has them, on every path."""
+    k, group_size = 128, 64  # whole 64-code groups: the AVX512-BF16 decode of 4-bit weights too
+    nan = nans(torch.float32)
+    scale = (torch.rand(N, k // group_size) + 0.5) / (127 * k**0.5)
+    scale[:2] = nan.unsqueeze(1)  # weight rows 0 and 1: every value NaN
+    bias = torch.randn(N)
+    bias[2:5] = torch.tensor([float("inf"), -float("inf"), nan[0]])
+    if weights == "uint4":
+        codes = torch.randint(0, 16, (N, k), dtype=torch.uint8)
+        zero = torch.randint(0, 16, (N, k // group_size), dtype=torch.uint8)
+        args = (torch.ops.quanta.pack(codes, 4), scale, zero, 4, group_size, bias)
+        op, reference_op = torch.ops.quanta.linear_affine, reference.linear_affine
+    else:
+        codes = symmetric_codes(getattr(torch, weights), k)
+        args = (codes, scale[:, :1], bias)
+        op, reference_op = torch.ops.quanta.linear_symmetric, reference.linear_symmetric
+    for dtype in FLOAT_DTYPES:
+        input = torch.randn(rows, k, dtype=dtype)
+        input[1:3, 7] = nans(dtype)[: rows - 1]  # activation rows 1 and 2: NaN
+        if weights != "uint4" and rows > 3:
+            # (affine weights take the zero point out of the sum, which turns inf * 0 into NaN)
+            input[3, 9] = float("inf")
+        out = op(input, *args)
+        expected = reference_op(input, *args)
+        assert out.dtype == dtype
+        assert expected.isnan().any() and expected.isinf().any()
+        assert torch.equal(out.isnan(), expected.isnan())
+        inf = expected.isinf()
+        assert torch.equal(out.isinf(), inf)
+        assert torch.equal(out[inf], expected[inf])
+
+
 @pytest.mark.parametrize("rows", [1, 17])
 def test_opcheck_linear_ops(cpu_isa, rows):
     k, group_size = 96, 32

@@ -239,26 +239,8 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
 
 template <int Cols>
 void decode_columns_of(const Bf16DecodeProblem& p, const int64_t* ns) {
-  int64_t m0 = 0;
   constexpr int kRows = Cols == 1 ? kMaxRows : 2;
-  for (; m0 + kRows <= p.m; m0 += kRows) {
-    decode_block<kRows, Cols>(p, m0, ns);
-  }
-  if constexpr (kRows > 4) {
-    if (p.m - m0 >= 4) {
-      decode_block<4, Cols>(p, m0, ns);
-      m0 += 4;
-    }
-  }
-  if constexpr (kRows > 2) {
-    if (p.m - m0 >= 2) {
-      decode_block<2, Cols>(p, m0, ns);
-      m0 += 2;
-    }
-  }
-  if (p.m - m0 >= 1) {
-    decode_block<1, Cols>(p, m0, ns);
-  }
+  for_row_blocks<kRows>(p.m, [&]<int R>(int64_t m0) { decode_block<R, Cols>(p, m0, ns); });
 }
 
 }  // namespace
@@ -303,21 +285,8 @@ void int8_product_rows(const Int8DecodeProblem& p, int64_t r0, int64_t n_begin, 
 }  // namespace
 
 void decode_int8_product(const Int8DecodeProblem& p, int64_t n_begin, int64_t n_end) {
-  int64_t r0 = 0;
-  for (; r0 + 8 <= p.m; r0 += 8) {
-    int8_product_rows<8>(p, r0, n_begin, n_end);
-  }
-  if (p.m - r0 >= 4) {
-    int8_product_rows<4>(p, r0, n_begin, n_end);
-    r0 += 4;
-  }
-  if (p.m - r0 >= 2) {
-    int8_product_rows<2>(p, r0, n_begin, n_end);
-    r0 += 2;
-  }
-  if (p.m - r0 >= 1) {
-    int8_product_rows<1>(p, r0, n_begin, n_end);
-  }
+  for_row_blocks<8>(
+      p.m, [&]<int R>(int64_t r0) { int8_product_rows<R>(p, r0, n_begin, n_end); });
 }
 
 }  // namespace quanta::qkernels::cpu::avx512_bf16

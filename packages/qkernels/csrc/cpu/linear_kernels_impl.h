@@ -159,10 +159,35 @@ void lookup_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
 }
 
+// Calls block.template operator()<R>(m0) for the rows [0, m) in blocks of R = Rows rows, then
+// the rows left in blocks of 4, 2 and 1: a kernel keeps R rows' accumulators in registers.
+template <int Rows, class Block>
+void for_row_blocks(int64_t m, const Block& block) {
+  int64_t m0 = 0;
+  for (; m0 + Rows <= m; m0 += Rows) {
+    block.template operator()<Rows>(m0);
+  }
+  if constexpr (Rows > 4) {
+    if (m - m0 >= 4) {
+      block.template operator()<4>(m0);
+      m0 += 4;
+    }
+  }
+  if constexpr (Rows > 2) {
+    if (m - m0 >= 2) {
+      block.template operator()<2>(m0);
+      m0 += 2;
+    }
+  }
+  if (m - m0 >= 1) {
+    block.template operator()<1>(m0);
+  }
+}
+
 // out[.., ns[0 .. Cols]] for every activation row, in blocks of at most Rows rows.
 template <class V, WeightFormat Format, int Rows, int Cols>
 void decode_columns_of(const DecodeProblem& p, const int64_t* ns) {
-  const auto block = [&]<int R>(int64_t m0) {
+  for_row_blocks<Rows>(p.m, [&]<int R>(int64_t m0) {
     if constexpr (V::kLanes == 16 && (Format == WeightFormat::kUInt4 ||
                                       Format == WeightFormat::kUInt2)) {
       if (p.lookup) {
@@ -170,26 +195,7 @@ void decode_columns_of(const DecodeProblem& p, const int64_t* ns) {
       }
     }
     decode_block<V, Format, R, Cols>(p, m0, ns);
-  };
-  int64_t m0 = 0;
-  for (; m0 + Rows <= p.m; m0 += Rows) {
-    block.template operator()<Rows>(m0);
-  }
-  if constexpr (Rows > 4) {
-    if (p.m - m0 >= 4) {
-      block.template operator()<4>(m0);
-      m0 += 4;
-    }
-  }
-  if constexpr (Rows > 2) {
-    if (p.m - m0 >= 2) {
-      block.template operator()<2>(m0);
-      m0 += 2;
-    }
-  }
-  if (p.m - m0 >= 1) {
-    block.template operator()<1>(m0);
-  }
+  });
 }
 
 // Calls body(ns) for the columns [n_begin, n_end): for one or two activation rows, Streams columns
@@ -289,13 +295,6 @@ void dequantize(const WeightView& w, OutputDtype dtype, void* out, int64_t n_beg
         return dequantize_rows<V, Format>(w, static_cast<Float16Bits*>(out), n_begin, n_end);
     }
   });
-}
-
-inline float element_value(float value) {
-  return value;
-}
-inline float element_value(BFloat16Bits value) {
-  return bits_float(static_cast<uint32_t>(value.bits) << 16);
 }
 
 // Plain loops, vectorized by the compiler for the instruction set of the file that includes this.

@@ -22,7 +22,7 @@
 #include <torch/headeronly/util/Float8_e5m2fnuz.h>
 #include <torch/headeronly/util/Half.h>
 
-#include "linear_checks.h"
+#include "checks.h"
 #include "qkernels/cpu_isa.h"
 #include "qkernels/linear_cpu.h"
 #include "stable_helpers.h"
@@ -30,32 +30,14 @@
 
 namespace {
 
-using quanta::qkernels::cpu::check_floating;
-using quanta::qkernels::cpu::dtype_name;
 using quanta::qkernels::cpu::float32_contiguous;
 using quanta::qkernels::cpu::InputDtype;
 using quanta::qkernels::cpu::int8_code;
-using quanta::qkernels::cpu::is_float_dtype;
-using quanta::qkernels::cpu::is_symmetric_code_dtype;
-using quanta::qkernels::cpu::shape_string;
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 // Elements per parallel task.
 constexpr int64_t kGrainElements = 1 << 16;
-
-// The reference's message when `operand` does not broadcast to `target` without enlarging it.
-void check_broadcasts_to(const char* op, const char* name, const Tensor& operand,
-                         const Tensor& target) {
-  bool fits = operand.dim() <= target.dim();
-  for (int64_t d = 1; fits && d <= operand.dim(); ++d) {
-    const int64_t size = operand.size(operand.dim() - d);
-    fits = size == 1 || size == target.size(target.dim() - d);
-  }
-  STD_TORCH_CHECK(
-      fits, "quanta::", op, ": ", name, " of shape ", shape_string(operand, false),
-      " must broadcast to ", shape_string(target, false), " without enlarging it");
-}
 
 // A scale broadcast over a tensor's rows (all dimensions but the last): the offset of each row's
 // first scale in the contiguous scale, and the step along the row (0 or 1).
@@ -195,59 +177,42 @@ bool quantize_int8_vectorized(const Tensor& x, const RowScales& scales, Tensor& 
   return true;
 }
 
-const char* const kCodeDtypes =
-    "(int8, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz)";
-
-Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarType dtype) {
-  const char* op = "quantize_symmetric";
-  check_floating(op, "input", input);
-  check_floating(op, "scale", scale);
-  STD_TORCH_CHECK(
-      is_symmetric_code_dtype(dtype), "quanta::", op, ": dtype must be one of ", kCodeDtypes,
-      ", got ", dtype_name(dtype));
-  check_broadcasts_to(op, "scale", scale, input);
+// out (input's shape, dtype) = an element-wise map of input and its broadcast scale:
+// map(contiguous input, its RowScales, out viewed with the contiguous input's shape).
+template <class Map>
+Tensor map_with_scale(const Tensor& input, const Tensor& scale, ScalarType dtype, const Map& map) {
   const std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
-  Tensor codes = torch::stable::new_empty(input, sizes, dtype);
+  Tensor out = torch::stable::new_empty(input, sizes, dtype);
   if (input.numel() == 0) {
-    return codes;
+    return out;
   }
   const Tensor x = input.dim() == 0 ? torch::stable::reshape(input, {1}) : input;
   const Tensor contiguous = torch::stable::contiguous(x);
   const Tensor scale32 = float32_contiguous(scale);
   const RowScales scales(scale32, contiguous);
-  Tensor flat = torch::stable::reshape(codes, {contiguous.sizes().begin(), contiguous.sizes().end()});
-  if (!quantize_int8_vectorized(contiguous, scales, flat)) {
-    with_float_type(input.scalar_type(), [&]<class In>() {
-      with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(contiguous, scales, flat); });
-    });
-  }
-  return codes;
+  Tensor flat = torch::stable::reshape(out, {contiguous.sizes().begin(), contiguous.sizes().end()});
+  map(contiguous, scales, flat);
+  return out;
+}
+
+Tensor quantize_symmetric_cpu(const Tensor& input, const Tensor& scale, ScalarType dtype) {
+  quanta::qkernels::check_quantize_symmetric(input, scale, dtype);
+  return map_with_scale(input, scale, dtype, [&](const Tensor& x, const RowScales& s, Tensor& q) {
+    if (!quantize_int8_vectorized(x, s, q)) {
+      with_float_type(input.scalar_type(), [&]<class In>() {
+        with_code_type(dtype, [&]<class Code>() { quantize_rows<In, Code>(x, s, q); });
+      });
+    }
+  });
 }
 
 Tensor dequantize_symmetric_cpu(const Tensor& codes, const Tensor& scale, ScalarType dtype) {
-  const char* op = "dequantize_symmetric";
-  STD_TORCH_CHECK(
-      is_symmetric_code_dtype(codes.scalar_type()), "quanta::", op, ": codes must have dtype in ",
-      kCodeDtypes, ", got ", dtype_name(codes.scalar_type()));
-  check_floating(op, "scale", scale);
-  STD_TORCH_CHECK(
-      is_float_dtype(dtype), "quanta::", op,
-      ": dtype must be one of (float32, float16, bfloat16, float64), got ", dtype_name(dtype));
-  check_broadcasts_to(op, "scale", scale, codes);
-  const std::vector<int64_t> sizes(codes.sizes().begin(), codes.sizes().end());
-  Tensor values = torch::stable::new_empty(codes, sizes, dtype);
-  if (codes.numel() == 0) {
-    return values;
-  }
-  const Tensor q = codes.dim() == 0 ? torch::stable::reshape(codes, {1}) : codes;
-  const Tensor contiguous = torch::stable::contiguous(q);
-  const Tensor scale32 = float32_contiguous(scale);
-  const RowScales scales(scale32, contiguous);
-  Tensor flat = torch::stable::reshape(values, {contiguous.sizes().begin(), contiguous.sizes().end()});
-  with_code_type(codes.scalar_type(), [&]<class Code>() {
-    with_float_type(dtype, [&]<class Out>() { dequantize_rows<Code, Out>(contiguous, scales, flat); });
+  quanta::qkernels::check_dequantize_symmetric(codes, scale, dtype);
+  return map_with_scale(codes, scale, dtype, [&](const Tensor& q, const RowScales& s, Tensor& y) {
+    with_code_type(codes.scalar_type(), [&]<class Code>() {
+      with_float_type(dtype, [&]<class Out>() { dequantize_rows<Code, Out>(q, s, y); });
+    });
   });
-  return values;
 }
 
 // The largest magnitude in a row, exact: the magnitude bits of the elements compared as
@@ -305,15 +270,7 @@ void dynamic_scales(const Tensor& x, float qmax, Tensor& scale) {
 // Dynamic quantization: a scale per row of the last dimension from the row's largest magnitude
 // (see dynamic_scales), then quantize_symmetric with it, in one call.
 std::tuple<Tensor, Tensor> quantize_dynamic_cpu(const Tensor& input, ScalarType dtype) {
-  const char* op = "quantize_dynamic";
-  check_floating(op, "input", input);
-  STD_TORCH_CHECK(
-      input.dim() > 0, "quanta::", op,
-      ": input must have at least one dimension (each row of the last one gets a scale), "
-      "got a 0-d tensor");
-  STD_TORCH_CHECK(
-      is_symmetric_code_dtype(dtype), "quanta::", op, ": dtype must be one of ", kCodeDtypes,
-      ", got ", dtype_name(dtype));
+  quanta::qkernels::check_quantize_dynamic(input, dtype);
   std::vector<int64_t> scale_sizes(input.sizes().begin(), input.sizes().end());
   scale_sizes.back() = 1;
   Tensor scale = torch::stable::new_empty(input, scale_sizes);

@@ -33,11 +33,7 @@ void unpack_row(const uint8_t* packed, uint8_t* codes, int64_t size) {
 }  // namespace
 
 void unpack_rows_cpu(
-    const uint8_t* packed,
-    uint8_t* codes,
-    int64_t row_begin,
-    int64_t row_end,
-    int64_t size,
+    const uint8_t* packed, uint8_t* codes, int64_t row_begin, int64_t row_end, int64_t size,
     int bits) {
   const int64_t width = packed_width(size, bits);
   for (int64_t row = row_begin; row < row_end; ++row) {

@@ -80,13 +80,10 @@ struct Avx2 {
 
   static void store(float* out, F v) { _mm256_storeu_ps(out, v); }
   static void store(BFloat16Bits* out, F v) {
-    const __m256i bits = _mm256_castps_si256(v);
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(
-        _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i lanes = (__m256i)bfloat16_lanes(v);
     _mm_storeu_si128(
         reinterpret_cast<__m128i*>(out),
-        _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1)));
+        _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1)));
   }
   static void store(Float16Bits* out, F v) {
     _mm_storeu_si128(

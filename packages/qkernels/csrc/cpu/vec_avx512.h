@@ -128,16 +128,8 @@ struct Avx512 {
 
   static void store(float* out, F v) { _mm512_storeu_ps(out, v); }
   static void store(BFloat16Bits* out, F v) {
-    // Round to nearest even on the bits; NaN stays NaN as in bfloat16_bits (weight_codes.h).
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i high = _mm512_srli_epi32(bits, 16);
-    const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-    const __m512i result =
-        _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet_nan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(result));
+    const __m512i lanes = (__m512i)bfloat16_lanes(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(lanes));
   }
   static void store(Float16Bits* out, F v) {
     _mm256_storeu_si256(

@@ -96,6 +96,17 @@ inline float half_value(uint16_t bits) {
   return bits_float(sign | (wide_exponent << 23) | (mantissa << 13));
 }
 
+// An element of float32 or 16-bit float activations, as a float (exact).
+inline float element_value(float value) {
+  return value;
+}
+inline float element_value(BFloat16Bits value) {
+  return bits_float(static_cast<uint32_t>(value.bits) << 16);
+}
+inline float element_value(Float16Bits value) {
+  return half_value(value.bits);
+}
+
 // Element i of a parameter array, as a float; 0 for none.
 inline float param_value(const Params& params, int64_t i) {
   if (params.data == nullptr) {
@@ -121,6 +132,18 @@ inline uint16_t bfloat16_bits(float value) {
     return static_cast<uint16_t>((bits >> 16) | 0x40);
   }
   return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+// bfloat16_bits of every lane of a vector of floats, in the low 16 bits of each 32-bit lane: the
+// one rounding of every instruction set's vector store, written with GCC vector extensions (which
+// compile it to that set's instructions) so that no store can drift from it.
+template <class Floats>
+inline auto bfloat16_lanes(Floats v) {
+  typedef uint32_t Lanes __attribute__((vector_size(sizeof(Floats))));
+  const Lanes bits = (Lanes)v;
+  const Lanes high = bits >> 16;
+  const Lanes rounded = (bits + 0x7FFF + (high & 1)) >> 16;
+  return v != v ? high | 0x40 : rounded;  // NaN stays NaN (quieted), as in bfloat16_bits
 }
 
 // float to IEEE half, rounding to nearest even, with subnormals, infinities and NaN

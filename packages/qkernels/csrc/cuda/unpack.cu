@@ -45,12 +45,7 @@ __global__ void unpack_kernel(
 }  // namespace
 
 int launch_unpack_cuda(
-    const uint8_t* packed,
-    uint8_t* codes,
-    int64_t rows,
-    int64_t size,
-    int bits,
-    void* stream) {
+    const uint8_t* packed, uint8_t* codes, int64_t rows, int64_t size, int bits, void* stream) {
   const int64_t width = packed_width(size, bits);
   const int64_t total_bytes = rows * width;
   if (total_bytes == 0) {

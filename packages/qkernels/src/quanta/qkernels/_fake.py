@@ -1,62 +1,63 @@
 """Fake (meta) kernels: output shapes and dtypes of every op, for torch.compile and export.
 
-Each runs the same argument checks as its reference implementation, then allocates the output.
+Each runs the argument checks of its op (_validate.py), as its reference implementation does,
+then allocates the output.
 """
 
 from __future__ import annotations
 
 import torch
 
-from quanta.qkernels import reference as ref
+from quanta.qkernels import _validate as v
 
 
 def quantize_symmetric(input, scale, dtype):
-    ref.check_quantize_symmetric(input, scale, dtype)
+    v.check_quantize_symmetric(input, scale, dtype)
     return torch.empty_like(input, dtype=dtype, memory_format=torch.contiguous_format)
 
 
 def quantize_dynamic(input, dtype):
-    ref.check_quantize_dynamic(input, dtype)
+    v.check_quantize_dynamic(input, dtype)
     codes = torch.empty_like(input, dtype=dtype, memory_format=torch.contiguous_format)
     return codes, input.new_empty(*input.shape[:-1], 1)
 
 
 def dequantize_symmetric(codes, scale, dtype):
-    ref.check_dequantize_symmetric(codes, scale, dtype)
+    v.check_dequantize_symmetric(codes, scale, dtype)
     return torch.empty_like(codes, dtype=dtype, memory_format=torch.contiguous_format)
 
 
 def quantize_affine(input, scale, zero_point, bits, group_size):
-    ref.check_quantize_affine(input, scale, zero_point, bits, group_size)
+    v.check_quantize_affine(input, scale, zero_point, bits, group_size)
     return input.new_empty(input.shape, dtype=torch.uint8)
 
 
 def dequantize_affine(codes, scale, zero_point, group_size, dtype):
-    ref.check_dequantize_affine(codes, scale, zero_point, group_size, dtype)
+    v.check_dequantize_affine(codes, scale, zero_point, group_size, dtype)
     return codes.new_empty(codes.shape, dtype=dtype)
 
 
 def pack(codes, bits):
-    ref.check_pack(codes, bits)
-    width = (codes.shape[-1] * bits + 7) // 8
+    v.check_pack(codes, bits)
+    width = v.packed_width(codes.shape[-1], bits)
     return codes.new_empty((*codes.shape[:-1], width))
 
 
 def unpack(packed, bits, size):
-    ref.check_unpack(packed, bits, size)
+    v.check_unpack(packed, bits, size)
     return packed.new_empty((*packed.shape[:-1], size))
 
 
 def linear_symmetric(input, codes, scale, bias):
-    ref.check_linear_symmetric(input, codes, scale, bias)
+    v.check_linear_symmetric(input, codes, scale, bias)
     return input.new_empty((*input.shape[:-1], codes.shape[0]))
 
 
 def linear_affine(input, packed, scale, zero_point, bits, group_size, bias):
-    ref.check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
+    v.check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
     return input.new_empty((*input.shape[:-1], packed.shape[0]))
 
 
 def linear_int8(input, input_scale, codes, scale, bias, dtype):
-    ref.check_linear_int8(input, input_scale, codes, scale, bias, dtype)
+    v.check_linear_int8(input, input_scale, codes, scale, bias, dtype)
     return input.new_empty((*input.shape[:-1], codes.shape[0]), dtype=dtype)

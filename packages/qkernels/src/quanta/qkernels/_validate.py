@@ -1,7 +1,8 @@
-"""Argument checks shared by the reference implementations and the fake kernels.
+"""The argument checks of every op, run by its reference implementation and its fake kernel.
 
 They look only at shapes, dtypes and ints (never at tensor values), so they run unchanged on
-real, fake and meta tensors and never synchronize a device.
+real, fake and meta tensors and never synchronize a device. The native kernels run the same
+checks, with the same messages, from one C++ header (csrc/checks.h).
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def check_groups(
 
 def check_linear_input(op: str, input: torch.Tensor, k: int) -> None:
     check_floating(op, "input", input)
+    check_input_k(op, input, k)
+
+
+def check_input_k(op: str, input: torch.Tensor, k: int) -> None:
     if input.dim() < 1 or input.shape[-1] != k:
         raise ValueError(
             f"quanta::{op}: input must be [..., K] with K = {k} (the weight's K), "
@@ -126,3 +131,117 @@ def check_bias(op: str, bias: torch.Tensor | None, n: int) -> None:
     check_floating(op, "bias", bias)
     if tuple(bias.shape) != (n,):
         raise ValueError(f"quanta::{op}: bias must have shape [N] = [{n}], got {list(bias.shape)}")
+
+
+# ---- the checks of each op, run by its reference and its fake kernel -------------------------
+def check_quantize_symmetric(input, scale, dtype) -> None:
+    op = "quantize_symmetric"
+    check_floating(op, "input", input)
+    check_floating(op, "scale", scale)
+    check_target_dtype(op, dtype, SYMMETRIC_CODE_DTYPES)
+    check_broadcasts_to(op, "scale", scale, input.shape)
+
+
+def check_quantize_dynamic(input, dtype) -> None:
+    op = "quantize_dynamic"
+    check_floating(op, "input", input)
+    if input.dim() == 0:
+        raise ValueError(
+            f"quanta::{op}: input must have at least one dimension (each row of the last one "
+            "gets a scale), got a 0-d tensor"
+        )
+    check_target_dtype(op, dtype, SYMMETRIC_CODE_DTYPES)
+
+
+def check_dequantize_symmetric(codes, scale, dtype) -> None:
+    op = "dequantize_symmetric"
+    check_dtype(op, "codes", codes, SYMMETRIC_CODE_DTYPES)
+    check_floating(op, "scale", scale)
+    check_target_dtype(op, dtype, FLOAT_DTYPES)
+    check_broadcasts_to(op, "scale", scale, codes.shape)
+
+
+def check_quantize_affine(input, scale, zero_point, bits, group_size) -> None:
+    op = "quantize_affine"
+    check_bits(op, bits, AFFINE_BITS)
+    check_floating(op, "input", input)
+    check_groups(op, "input", input, scale, zero_point, group_size)
+
+
+def check_dequantize_affine(codes, scale, zero_point, group_size, dtype) -> None:
+    op = "dequantize_affine"
+    check_dtype(op, "codes", codes, (torch.uint8,))
+    check_target_dtype(op, dtype, FLOAT_DTYPES)
+    check_groups(op, "codes", codes, scale, zero_point, group_size)
+
+
+def check_pack(codes, bits) -> None:
+    check_bits("pack", bits, PACK_BITS)
+    check_dtype("pack", "codes", codes, (torch.uint8,))
+    if codes.dim() < 1:
+        raise ValueError("quanta::pack: codes must have at least one dimension, got a scalar")
+
+
+def check_unpack(packed, bits, size) -> None:
+    check_bits("unpack", bits, PACK_BITS)
+    if size < 0:
+        raise ValueError(f"quanta::unpack: size must be >= 0, got {size}")
+    check_packed("unpack", "packed", packed, size, bits)
+
+
+def check_symmetric_weight(op: str, codes, scale, code_dtypes) -> None:
+    """codes [N, K] of one of code_dtypes, with a floating scale [N, 1]."""
+    check_dtype(op, "codes", codes, code_dtypes)
+    if codes.dim() != 2:
+        raise ValueError(f"quanta::{op}: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
+    n = codes.shape[0]
+    check_floating(op, "scale", scale)
+    if tuple(scale.shape) != (n, 1):
+        raise ValueError(
+            f"quanta::{op}: scale must have shape [N, 1] = [{n}, 1], got {list(scale.shape)}"
+        )
+
+
+def check_linear_symmetric(input, codes, scale, bias) -> None:
+    op = "linear_symmetric"
+    check_symmetric_weight(op, codes, scale, SYMMETRIC_CODE_DTYPES)
+    check_linear_input(op, input, codes.shape[1])
+    check_bias(op, bias, codes.shape[0])
+
+
+def check_linear_int8(input, input_scale, codes, scale, bias, dtype) -> None:
+    op = "linear_int8"
+    check_symmetric_weight(op, codes, scale, (torch.int8,))
+    n, k = codes.shape
+    check_dtype(op, "input", input, (torch.int8,))
+    check_input_k(op, input, k)
+    check_floating(op, "input_scale", input_scale)
+    per_row = (*input.shape[:-1], 1)
+    if input_scale.numel() != 1 and tuple(input_scale.shape) != per_row:
+        raise ValueError(
+            f"quanta::{op}: input_scale must have one element (per tensor) or shape "
+            f"{list(per_row)} (one per row of input), got {list(input_scale.shape)}"
+        )
+    check_bias(op, bias, n)
+    check_target_dtype(op, dtype, FLOAT_DTYPES)
+
+
+def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:
+    op = "linear_affine"
+    check_bits(op, bits, PACK_BITS)
+    if input.dim() < 1:
+        raise ValueError(f"quanta::{op}: input must be [..., K], got a scalar")
+    k = input.shape[-1]
+    check_floating(op, "input", input)
+    check_packed(op, "packed", packed, k, bits)
+    if packed.dim() != 2:
+        raise ValueError(
+            f"quanta::{op}: packed must be 2-D [N, ceil(K * bits / 8)], got shape "
+            f"{tuple(packed.shape)}"
+        )
+    n = packed.shape[0]
+    # Check the groups against the [N, K] weight the packed codes stand for.
+    check_groups(
+        op, "weight", packed.new_empty((n, k), device="meta"), scale, zero_point, group_size
+    )
+    check_bias(op, bias, n)

@@ -34,7 +34,7 @@ def quantize_symmetric(
     input: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """codes = input / scale, rounded and clamped to int8, or clamped to ±finfo.max for float8."""
-    check_quantize_symmetric(input, scale, dtype)
+    v.check_quantize_symmetric(input, scale, dtype)
     scaled = input.float() / scale.float()
     if dtype == torch.int8:
         return scaled.round().clamp(-128, 127).to(torch.int8)
@@ -48,7 +48,7 @@ def quantize_dynamic(input: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Ten
     scale = max|row| / qmax in fp32 (qmax: 127 for int8, finfo(dtype).max for float8), 1 where
     that is 0 or NaN, at least finfo(input.dtype).tiny; codes = quantize_symmetric(input, scale).
     """
-    check_quantize_dynamic(input, dtype)
+    v.check_quantize_dynamic(input, dtype)
     qmax = 127.0 if dtype == torch.int8 else torch.finfo(dtype).max
     if input.shape[-1] == 0:
         absmax = input.new_zeros(*input.shape[:-1], 1, dtype=torch.float32)
@@ -63,7 +63,7 @@ def dequantize_symmetric(
     codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """codes * scale, computed in fp32, returned in dtype."""
-    check_dequantize_symmetric(codes, scale, dtype)
+    v.check_dequantize_symmetric(codes, scale, dtype)
     return (codes.float() * scale.float()).to(dtype)
 
 
@@ -75,7 +75,7 @@ def quantize_affine(
     group_size: int,
 ) -> torch.Tensor:
     """uint8 codes = clamp(round(input / scale + zero_point), 0, 2**bits - 1), per group of K."""
-    check_quantize_affine(input, scale, zero_point, bits, group_size)
+    v.check_quantize_affine(input, scale, zero_point, bits, group_size)
     rows, k = input.shape
     grouped = input.float().reshape(rows, k // group_size, group_size)
     scaled = grouped / scale.float().unsqueeze(-1) + zero_point.float().unsqueeze(-1)
@@ -91,7 +91,7 @@ def dequantize_affine(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """(codes - zero_point) * scale per group of K, in fp32, returned in dtype."""
-    check_dequantize_affine(codes, scale, zero_point, group_size, dtype)
+    v.check_dequantize_affine(codes, scale, zero_point, group_size, dtype)
     rows, k = codes.shape
     grouped = codes.float().reshape(rows, k // group_size, group_size)
     values = (grouped - zero_point.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
@@ -104,7 +104,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     Code j goes to byte j // (8 // bits) at bit (j % (8 // bits)) * bits. Codes must be below
     2**bits; higher bits are dropped (values are not checked, which would synchronize a device).
     """
-    check_pack(codes, bits)
+    v.check_pack(codes, bits)
     per_byte = 8 // bits
     k = codes.shape[-1]
     width = v.packed_width(k, bits)
@@ -120,7 +120,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
     """The inverse of pack: uint8 [..., ceil(size * bits / 8)] into uint8 codes [..., size]."""
-    check_unpack(packed, bits, size)
+    v.check_unpack(packed, bits, size)
     mask, per_byte = 2**bits - 1, 8 // bits
     slots = [(packed >> (slot * bits)) & mask for slot in range(per_byte)]
     codes = torch.stack(slots, dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * per_byte)
@@ -134,7 +134,7 @@ def linear_symmetric(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """input [..., K] @ (codes * scale)ᵀ + bias, in input's dtype; codes [N, K], scale [N, 1]."""
-    check_linear_symmetric(input, codes, scale, bias)
+    v.check_linear_symmetric(input, codes, scale, bias)
     weight = torch.ops.quanta.dequantize_symmetric(codes, scale, input.dtype)
     return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
 
@@ -149,7 +149,7 @@ def linear_affine(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """input [..., K] @ dequantize_affine(unpack(packed))ᵀ + bias, in input's dtype."""
-    check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
+    v.check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias)
     k = input.shape[-1]
     codes = torch.ops.quanta.unpack(packed, bits, k)
     weight = torch.ops.quanta.dequantize_affine(codes, scale, zero_point, group_size, input.dtype)
@@ -174,7 +174,7 @@ def linear_int8(
     codes int8 [N, K] with scale [N, 1]. The products are summed exactly (int32); the scales and
     bias are applied in fp32, in that order, and the result is returned in dtype.
     """
-    check_linear_int8(input, input_scale, codes, scale, bias, dtype)
+    v.check_linear_int8(input, input_scale, codes, scale, bias, dtype)
     n, k = codes.shape
     rows = input.reshape(math.prod(input.shape[:-1]), k)
     acc = torch.zeros(rows.shape[0], n, dtype=torch.int32, device=input.device)
@@ -187,123 +187,3 @@ def linear_int8(
     if bias is not None:
         out = out + bias.float()
     return out.reshape(*input.shape[:-1], n).to(dtype)
-
-
-# ---- argument checks (shared with the fake kernels) -------------------------------------------
-
-
-def check_quantize_symmetric(input, scale, dtype) -> None:
-    op = "quantize_symmetric"
-    v.check_floating(op, "input", input)
-    v.check_floating(op, "scale", scale)
-    v.check_target_dtype(op, dtype, v.SYMMETRIC_CODE_DTYPES)
-    v.check_broadcasts_to(op, "scale", scale, input.shape)
-
-
-def check_quantize_dynamic(input, dtype) -> None:
-    op = "quantize_dynamic"
-    v.check_floating(op, "input", input)
-    if input.dim() == 0:
-        raise ValueError(
-            f"quanta::{op}: input must have at least one dimension (each row of the last one "
-            "gets a scale), got a 0-d tensor"
-        )
-    v.check_target_dtype(op, dtype, v.SYMMETRIC_CODE_DTYPES)
-
-
-def check_dequantize_symmetric(codes, scale, dtype) -> None:
-    op = "dequantize_symmetric"
-    v.check_dtype(op, "codes", codes, v.SYMMETRIC_CODE_DTYPES)
-    v.check_floating(op, "scale", scale)
-    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
-    v.check_broadcasts_to(op, "scale", scale, codes.shape)
-
-
-def check_quantize_affine(input, scale, zero_point, bits, group_size) -> None:
-    op = "quantize_affine"
-    v.check_bits(op, bits, v.AFFINE_BITS)
-    v.check_floating(op, "input", input)
-    v.check_groups(op, "input", input, scale, zero_point, group_size)
-
-
-def check_dequantize_affine(codes, scale, zero_point, group_size, dtype) -> None:
-    op = "dequantize_affine"
-    v.check_dtype(op, "codes", codes, (torch.uint8,))
-    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
-    v.check_groups(op, "codes", codes, scale, zero_point, group_size)
-
-
-def check_pack(codes, bits) -> None:
-    v.check_bits("pack", bits, v.PACK_BITS)
-    v.check_dtype("pack", "codes", codes, (torch.uint8,))
-    if codes.dim() < 1:
-        raise ValueError("quanta::pack: codes must have at least one dimension, got a scalar")
-
-
-def check_unpack(packed, bits, size) -> None:
-    v.check_bits("unpack", bits, v.PACK_BITS)
-    if size < 0:
-        raise ValueError(f"quanta::unpack: size must be >= 0, got {size}")
-    v.check_packed("unpack", "packed", packed, size, bits)
-
-
-def _check_symmetric_weight(op: str, codes, scale, code_dtypes) -> None:
-    """codes [N, K] of one of code_dtypes, with a floating scale [N, 1]."""
-    v.check_dtype(op, "codes", codes, code_dtypes)
-    if codes.dim() != 2:
-        raise ValueError(f"quanta::{op}: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
-    n = codes.shape[0]
-    v.check_floating(op, "scale", scale)
-    if tuple(scale.shape) != (n, 1):
-        raise ValueError(
-            f"quanta::{op}: scale must have shape [N, 1] = [{n}, 1], got {list(scale.shape)}"
-        )
-
-
-def check_linear_symmetric(input, codes, scale, bias) -> None:
-    op = "linear_symmetric"
-    _check_symmetric_weight(op, codes, scale, v.SYMMETRIC_CODE_DTYPES)
-    v.check_linear_input(op, input, codes.shape[1])
-    v.check_bias(op, bias, codes.shape[0])
-
-
-def check_linear_int8(input, input_scale, codes, scale, bias, dtype) -> None:
-    op = "linear_int8"
-    _check_symmetric_weight(op, codes, scale, (torch.int8,))
-    n, k = codes.shape
-    v.check_dtype(op, "input", input, (torch.int8,))
-    if input.dim() < 1 or input.shape[-1] != k:
-        raise ValueError(
-            f"quanta::{op}: input must be [..., K] with K = {k} (the weight's K), "
-            f"got shape {tuple(input.shape)}"
-        )
-    v.check_floating(op, "input_scale", input_scale)
-    per_row = (*input.shape[:-1], 1)
-    if input_scale.numel() != 1 and tuple(input_scale.shape) != per_row:
-        raise ValueError(
-            f"quanta::{op}: input_scale must have one element (per tensor) or shape "
-            f"{list(per_row)} (one per row of input), got {list(input_scale.shape)}"
-        )
-    v.check_bias(op, bias, n)
-    v.check_target_dtype(op, dtype, v.FLOAT_DTYPES)
-
-
-def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:
-    op = "linear_affine"
-    v.check_bits(op, bits, v.PACK_BITS)
-    if input.dim() < 1:
-        raise ValueError(f"quanta::{op}: input must be [..., K], got a scalar")
-    k = input.shape[-1]
-    v.check_floating(op, "input", input)
-    v.check_packed(op, "packed", packed, k, bits)
-    if packed.dim() != 2:
-        raise ValueError(
-            f"quanta::{op}: packed must be 2-D [N, ceil(K * bits / 8)], got shape "
-            f"{tuple(packed.shape)}"
-        )
-    n = packed.shape[0]
-    # Check the groups against the [N, K] weight the packed codes stand for.
-    v.check_groups(
-        op, "weight", packed.new_empty((n, k), device="meta"), scale, zero_point, group_size
-    )
-    v.check_bias(op, bias, n)
