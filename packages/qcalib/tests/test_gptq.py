@@ -73,7 +73,7 @@ def test_gptq_through_quantize_optimize_weights_and_a_state_dict_round_trip():
 def test_gptq_by_name_and_the_collect_context():
     torch.manual_seed(0)
     model = quantize(nn.Sequential(nn.Linear(32, 16)), "int4", optimizer="gptq")
-    optimizer = model[0].weight_optimizer
+    optimizer = model[0].qconfig.optimizer
     assert isinstance(optimizer, GPTQ)
     with optimizer.collect(model):
         model(torch.randn(64, 32))

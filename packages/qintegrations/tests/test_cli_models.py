@@ -25,7 +25,7 @@ def test_quantize_then_info(tiny_llama_dir, token_ids, tmp_path, capsys):
     assert f"saved to {output}" in capsys.readouterr().out
 
     model = transformers.AutoModelForCausalLM.from_pretrained(output).eval()
-    assert model.model.layers[0].self_attn.q_proj.weight_group_size == 32
+    assert model.model.layers[0].self_attn.q_proj.qconfig.group_size == 32
     assert not isinstance(model.lm_head, QModuleMixin)
     with torch.inference_mode():
         assert torch.isfinite(model(token_ids).logits).all()

@@ -240,7 +240,7 @@ def test_from_single_file_of_a_quantized_file(name, float_dirs, tmp_path):
     cls = type(MODELS[name][0]())
     config = QuantaConfig(weights="int4", activations="int8")
     model = _load(cls, float_dir, quantization_config=config)
-    assert any(m.weight_qtype is None for m in _quantized_modules(model).values())
+    assert any(m.qconfig.weights is None for m in _quantized_modules(model).values())
     for module in _quantized_modules(model).values():
         for scale in ("input_scale", "output_scale"):
             if getattr(module, scale, None) is not None:

@@ -106,8 +106,8 @@ def test_modules_to_not_convert_and_overrides(tiny_llama_dir):
     model = _load(tiny_llama_dir, quantization_config=config)
     layer = model.model.layers[1]
     assert not isinstance(layer.self_attn.o_proj, QModuleMixin)
-    assert layer.self_attn.q_proj.weight_qtype.name == "qint4"
-    assert layer.mlp.up_proj.weight_qtype.name == "qint8"
+    assert layer.self_attn.q_proj.qconfig.weights.name == "qint4"
+    assert layer.mlp.up_proj.qconfig.weights.name == "qint8"
     assert isinstance(model.lm_head, QModuleMixin)  # patterns given: no default exclusions
 
 
@@ -184,7 +184,7 @@ def test_dynamic_activations_save_and_reload(tiny_llama_dir, token_ids, tmp_path
     config = QuantaConfig(weights="int8", activations="int8", activations_mode="dynamic")
     model = _load(tiny_llama_dir, quantization_config=config)
     reloaded = _save_reload_resave(model, token_ids, tmp_path)
-    assert reloaded.model.layers[0].mlp.up_proj.activation_mode == "dynamic"
+    assert reloaded.model.layers[0].mlp.up_proj.qconfig.activations_mode == "dynamic"
 
 
 def test_static_activations_calibrated_after_load_save_and_reload(

@@ -31,7 +31,7 @@ def _calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
     def observe(module: nn.Module, kind: str, tensor: torch.Tensor) -> None:
         if kind in ("input", "output"):
             scale = getattr(module, f"{kind}_scale")
-            value = tensor.detach().abs().amax().float() / module.activation_qtype.qmax
+            value = tensor.detach().abs().amax().float() / module.qconfig.activations.qmax
             scale.copy_(torch.maximum(scale.float(), value).to(scale.dtype))
 
     with torch.no_grad(), observe_activations(observe):

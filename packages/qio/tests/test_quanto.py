@@ -90,8 +90,8 @@ def test_quanto_group_size_comes_from_the_scales(tmp_path, inputs):
     _quanto_checkpoint(tmp_path, "qint4", None, inputs(4, 256))
     with torch.device("meta"):
         model = load(tmp_path, net(), progress=False)
-    assert model[0].weight_group_size == 128  # K=256: quanto's default group of 128
-    assert model[2].weight_group_size == 96  # K=96 <= 128: one group per row (per axis)
+    assert model[0].qconfig.group_size == 128  # K=256: quanto's default group of 128
+    assert model[2].qconfig.group_size == 96  # K=96 <= 128: one group per row (per axis)
 
 
 def test_quanto_checkpoint_for_another_model_is_refused(tmp_path, inputs):

@@ -14,6 +14,7 @@ from quanta.qmodules import (
     freeze,
     quantize,
 )
+from quanta.qtypes import PACKED_AFFINE
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 WEIGHTS = ["int2", "int4", "int8", "fp8"]
@@ -123,8 +124,7 @@ class FloatZeroPoint(WeightOptimizer):
     name = "float-zero-point"
     float_zero_point = True
 
-    def supports(self, qtype):
-        return qtype.is_packed
+    layouts = (PACKED_AFFINE,)
 
     def optimize(self, weight, qtype, group_size, module=None):
         parts = MinmaxOptimizer().optimize(weight, qtype, group_size, module)

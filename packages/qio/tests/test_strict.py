@@ -105,7 +105,7 @@ def test_a_model_quantized_differently_is_refused(saved, meta_mlp):
     model = quantize(meta_mlp(), weights="int8", activations="int8")
     with pytest.raises(CheckpointMismatchError, match=r"already quantized as.*qint8"):
         load(saved, model, progress=False)
-    assert model.fc1.weight_qtype.name == "qint8"
+    assert model.fc1.qconfig.weights.name == "qint8"
 
 
 def test_a_model_quantized_the_same_way_loads(saved, meta_mlp, frozen_mlp, inputs, as_plain):

@@ -50,7 +50,7 @@ def set_scales(model: nn.Module, inputs: torch.Tensor) -> None:
     def observer(module, kind, tensor):
         if kind != "quantized_output":
             getattr(module, f"{kind}_scale").copy_(
-                tensor.abs().amax() / module.activation_qtype.qmax
+                tensor.abs().amax() / module.qconfig.activations.qmax
             )
 
     with observe_activations(observer), torch.no_grad():
@@ -263,4 +263,4 @@ def test_compile_fullgraph_on_a_frozen_w8a8_model(mode, uniform_inputs):
 def test_activations_alone_leave_float_modules_untouched():
     model = quantize(mlp(), weights="int8", activations="int8", overrides={"2": {"weights": None}})
     assert isinstance(model[0], QLinear) and type(model[2]) is nn.Linear
-    assert model[0].activation_qtype == qint8
+    assert model[0].qconfig.activations == qint8

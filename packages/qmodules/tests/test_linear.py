@@ -161,7 +161,7 @@ def test_leading_batch_dimensions(uniform_inputs):
 
 def test_direct_construction_is_a_float_linear_until_quantized():
     module = QLinear(16, 8)
-    assert module.weight_qtype is None and type(module.weight) is nn.Parameter
+    assert module.qconfig.weights is None and type(module.weight) is nn.Parameter
 
 
 def test_weight_is_a_quantized_copy_and_float_weight_the_editable_parameter():

@@ -14,7 +14,7 @@ from quanta.qmodules import (
     register_weight_optimizer,
     weight_memory,
 )
-from quanta.qtypes import qint2, qint4, qint8
+from quanta.qtypes import PACKED_AFFINE, qint2, qint4, qint8
 
 
 class HalfStepZero(WeightOptimizer):
@@ -23,8 +23,7 @@ class HalfStepZero(WeightOptimizer):
     name = "half-step"
     float_zero_point = True
 
-    def supports(self, qtype):
-        return qtype.is_packed
+    layouts = (PACKED_AFFINE,)
 
     def optimize(self, weight, qtype, group_size, module=None):
         parts = MinmaxOptimizer().optimize(weight, qtype, group_size)
@@ -54,11 +53,11 @@ def test_default_optimizers_store_what_on_the_fly_quantization_computes():
         on_the_fly = reference(x)
         optimized = freeze(quantize(model(), weights, optimizer=optimizer))
         assert torch.equal(optimized(x), on_the_fly)
-        assert optimized[0].weight_optimizer.name == optimizer
+        assert optimized[0].qconfig.optimizer.name == optimizer
 
 
 def test_optimizer_names_resolve_and_unknown_names_are_refused():
-    assert isinstance(quantize(model(), "int8", optimizer="absmax")[0].weight_optimizer,
+    assert isinstance(quantize(model(), "int8", optimizer="absmax")[0].qconfig.optimizer,
                       AbsmaxOptimizer)  # fmt: skip
     with pytest.raises(ValueError, match="not a known weight optimizer"):
         quantize(model(), "int4", optimizer="no-such-optimizer")
@@ -80,17 +79,17 @@ def test_overrides_choose_an_optimizer_per_module():
         model(), qint4, optimizer="minmax",
         overrides={"2": {"weights": qint8, "optimizer": "absmax"}},
     )  # fmt: skip
-    assert quantized[0].weight_optimizer.name == "minmax"
-    assert quantized[2].weight_optimizer.name == "absmax"
+    assert quantized[0].qconfig.optimizer.name == "minmax"
+    assert quantized[2].qconfig.optimizer.name == "absmax"
     quantized = quantize(model(), qint4, optimizer="minmax", overrides={"2": {"optimizer": None}})
-    assert quantized[2].weight_optimizer is None
+    assert quantized[2].qconfig.optimizer is None
     assert "optimizer=minmax" in repr(quantized[0])
 
 
 def test_registered_names_build_a_fresh_optimizer():
     register_weight_optimizer(HalfStepZero.name, HalfStepZero)
     quantized = quantize(model(), qint2, optimizer="half-step")
-    assert isinstance(quantized[0].weight_optimizer, HalfStepZero)
+    assert isinstance(quantized[0].qconfig.optimizer, HalfStepZero)
 
 
 def test_freeze_asks_every_optimizer_before_changing_any_module():

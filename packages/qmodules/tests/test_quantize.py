@@ -30,7 +30,7 @@ def block() -> Block:
 
 def quantized_names(model: nn.Module) -> dict[str, object]:
     return {
-        name: module.weight_qtype
+        name: module.qconfig.weights
         for name, module in model.named_modules()
         if isinstance(module, QModuleMixin)
     }
@@ -50,7 +50,7 @@ def test_include_and_exclude_patterns_exclude_wins():
 
 @pytest.mark.parametrize("weights", [qint4, "int4", "qint4", "INT4"])
 def test_weights_accept_qtypes_names_and_aliases(weights):
-    assert quantize(block(), weights=weights).attention.weight_qtype is qint4
+    assert quantize(block(), weights=weights).attention.qconfig.weights is qint4
 
 
 @pytest.mark.parametrize("weights", ["float8", "fp8"])
@@ -74,7 +74,7 @@ def test_overrides_merge_in_order_and_none_leaves_a_module_float():
         "mlp.2": qint4,
         "conv": qint8,
     }
-    assert model.mlp[0].weight_group_size == 32 and model.mlp[2].weight_group_size == 96
+    assert model.mlp[0].qconfig.group_size == 32 and model.mlp[2].qconfig.group_size == 96
     assert type(model.lm_head) is nn.Linear
 
 
@@ -85,18 +85,18 @@ def test_overrides_set_activations_per_module():
         activations="int8",
         overrides={"mlp.*": {"activations": None}, "conv": {"activations": "fp8"}},
     )
-    assert model.attention.activation_qtype is qint8
-    assert model.mlp[0].activation_qtype is None and model.mlp[2].activation_qtype is None
-    assert model.conv.activation_qtype is qfloat8_e4m3fn
+    assert model.attention.qconfig.activations is qint8
+    assert model.mlp[0].qconfig.activations is None and model.mlp[2].qconfig.activations is None
+    assert model.conv.qconfig.activations is qfloat8_e4m3fn
     assert not hasattr(model.mlp[0], "input_scale") and hasattr(model.conv, "input_scale")
     only = quantize(block(), weights="int8", overrides={"attention": {"activations": "int8"}})
-    assert only.attention.activation_qtype is qint8 and only.conv.activation_qtype is None
+    assert only.attention.qconfig.activations is qint8 and only.conv.qconfig.activations is None
 
 
 @pytest.mark.parametrize(("in_features", "expected"), [(512, 128), (192, 64), (96, 32), (100, 100)])
 def test_default_group_size(in_features, expected):
     module = quantize(nn.Linear(in_features, 8), weights="int4")
-    assert module.weight_group_size == expected
+    assert module.qconfig.group_size == expected
 
 
 def test_user_group_size_is_honored_and_8bit_weights_stay_per_channel():
@@ -106,13 +106,13 @@ def test_user_group_size_is_honored_and_8bit_weights_stay_per_channel():
         group_size=256,
         overrides={"1": {"weights": "int8"}},
     )
-    assert model[0].weight_group_size == 256 and model[0].weight.scale.shape == (8, 2)
-    assert model[1].weight_group_size is None and model[1].weight.scale.shape == (8, 1)
+    assert model[0].qconfig.group_size == 256 and model[0].weight.scale.shape == (8, 2)
+    assert model[1].qconfig.group_size is None and model[1].weight.scale.shape == (8, 1)
 
 
 def test_conv_group_size_counts_channels_per_group_times_kernel():
     conv = quantize(nn.Conv2d(8, 16, 3, groups=2), weights="int4")
-    assert conv.weight_group_size == 36  # K = 8/2 * 3 * 3
+    assert conv.qconfig.group_size == 36  # K = 8/2 * 3 * 3
     with pytest.raises(ValueError, match=r"group_size=32.*K=36"):
         quantize(nn.Conv2d(8, 16, 3, groups=2), weights="int4", group_size=32)
 
@@ -120,7 +120,7 @@ def test_conv_group_size_counts_channels_per_group_times_kernel():
 def test_already_quantized_modules_are_left_alone():
     model = quantize(block(), weights="int4")
     quantize(model, weights="int8")
-    assert model.attention.weight_qtype is qint4
+    assert model.attention.qconfig.weights is qint4
 
 
 INVALID_ARGUMENTS = [

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from quanta.qmodules import freeze, quantize
-from quanta.qmodules.modules.rotation import default_block_size, hadamard_transform, random_signs
+from quanta.qmodules.modules.rotation import hadamard_block_size, hadamard_transform, random_signs
 
 COMPILE_TOLERANCE = 1e-3  # as in test_compile.py: only fusion and reduction order differ
 
@@ -32,7 +32,7 @@ def test_hadamard_transform_is_x_times_signs_then_block_hadamard(block):
 
 
 def test_default_block_size_is_the_largest_dividing_power_of_two():
-    assert [default_block_size(n) for n in (576, 1536, 4096, 7, 96)] == [64, 512, 512, 1, 32]
+    assert [hadamard_block_size(n) for n in (576, 1536, 4096, 7, 96)] == [64, 512, 512, 1, 32]
 
 
 @pytest.mark.parametrize("block_size,features", [(3, 12), (16, 24), (0, 8)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from quanta.qmodules import QBitsTensor, QBytesTensor, QTensor
+from quanta.qmodules import QBitsTensor, QBytesTensor, QTensor, layout_for
 from quanta.qtypes import qfloat8, qint2, qint4, qint8
 
 # a weight's dequantized values lie within half a quantization step of the float ones
@@ -72,11 +72,7 @@ def test_conv_weight_keeps_logical_shape_with_2d_codes():
 def test_all_zero_rows_dequantize_to_exact_zeros(qtype):
     weight = torch.zeros(4, 32)
     weight[1] = torch.linspace(-1, 1, 32)
-    tensor = (
-        QBitsTensor.quantize(weight, qtype, 16)
-        if qtype.is_packed
-        else QBytesTensor.quantize(weight, qtype)
-    )
+    tensor = layout_for(qtype).quantize(weight, qtype, 16 if qtype.bits < 8 else None)
     values = tensor.dequantize()
     assert not values.isnan().any()
     assert torch.equal(values[[0, 2, 3]], torch.zeros(3, 32))

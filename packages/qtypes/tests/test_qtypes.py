@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from quanta.qtypes import (
+    PACKED_AFFINE,
+    SYMMETRIC,
     absmax_scale,
     minmax_affine_params,
     qfloat8,
@@ -33,7 +35,7 @@ ALL = [qint2, qint4, qint8, qfloat8_e4m3fn, qfloat8_e4m3fnuz, qfloat8_e5m2]
 def test_qtype_attributes(qtype, bits, is_float, dtype, qmin, qmax):
     assert (qtype.bits, qtype.is_floating_point, qtype.dtype) == (bits, is_float, dtype)
     assert (qtype.qmin, qtype.qmax) == (qmin, qmax)
-    assert qtype.is_packed == (bits < 8)
+    assert qtype.layout == (PACKED_AFFINE if bits < 8 else SYMMETRIC)
 
 
 @pytest.mark.parametrize(

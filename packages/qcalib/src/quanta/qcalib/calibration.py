@@ -108,7 +108,7 @@ class Calibration(TorchFunctionMode):
             detached = tensor.detach()
             absmax = detached.abs().amax().float()
             scale = getattr(module, SCALE_BUFFERS[kind])
-            batch_scale = (absmax / module.activation_qtype.qmax).clamp(
+            batch_scale = (absmax / module.qconfig.activations.qmax).clamp(
                 min=torch.finfo(scale.dtype).tiny
             )
             if bool(scale == 1):  # uncalibrated: take the first batch as it is

@@ -14,8 +14,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from quanta.qmodules import QLinear
-from quanta.qmodules.modules.rotation import check_block_size, default_block_size
+from quanta.qmodules import QLinear, hadamard_block_size
 
 
 def rotate(
@@ -41,7 +40,7 @@ def rotate(
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, QLinear)
-        and module.activation_qtype is not None
+        and module.qconfig.activations is not None
         and module.float_weight is not None
         and any(fnmatchcase(name, pattern) for pattern in patterns)
     ]
@@ -50,10 +49,8 @@ def rotate(
             f"rotate() found no QLinear with activations and a float weight matching {include!r}: "
             "call it after quantize(model, activations=...) and before freeze()"
         )
-    if block_size is not None:
-        for _, module in modules:  # validate all before changing any
-            check_block_size(module.in_features, block_size)
-    for index, (_, module) in enumerate(modules):
-        block = block_size or default_block_size(module.in_features)
+    # every block checked before any module changes
+    blocks = [hadamard_block_size(module.in_features, block_size) for _, module in modules]
+    for index, ((_, module), block) in enumerate(zip(modules, blocks, strict=True)):
         module.rotate_input(block, seed=seed + index)
     return model

@@ -36,7 +36,7 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.M
         module
         for module in model.modules()
         if isinstance(module, QLinear)
-        and module.activation_qtype is not None
+        and module.qconfig.activations is not None
         and module.float_weight is not None
     ]
     if not modules:

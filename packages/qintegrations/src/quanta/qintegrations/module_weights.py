@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quanta.qmodules import QModuleMixin, freeze
-from quanta.qmodules.modules.activations import INPUT_SCALE, OUTPUT_SCALE
+from quanta.qmodules import QModuleMixin
 
 WEIGHT = "weight"
 # The stored weight parts that are codes: they keep their dtype (int8, uint8, float8).
@@ -16,20 +15,7 @@ CODES = f"{WEIGHT}.codes"
 
 def is_weight_quantized(module: nn.Module) -> bool:
     """A quanta module whose weight is quantized (not a LayerNorm quantizing its output only)."""
-    return isinstance(module, QModuleMixin) and module.weight_qtype is not None
-
-
-def quantize_float_weight(module: nn.Module, weight: torch.Tensor) -> None:
-    """Quantize-on-load: assign the float `weight`, freeze the module, free the float tensor."""
-    expected = tuple(module._parameters[WEIGHT].shape)
-    if not weight.is_floating_point() or tuple(weight.shape) != expected:
-        raise ValueError(
-            f"expected a float weight of shape {expected}, got {weight.dtype} "
-            f"{tuple(weight.shape)}: a checkpoint in quanta's frozen layout needs the "
-            "per-module config it was saved with"
-        )
-    module._parameters[WEIGHT] = nn.Parameter(weight, requires_grad=False)
-    freeze(module)
+    return isinstance(module, QModuleMixin) and module.qconfig.weights is not None
 
 
 def materialize_activation_scales(model: nn.Module, default_device: torch.device) -> None:
@@ -37,12 +23,12 @@ def materialize_activation_scales(model: nn.Module, default_device: torch.device
     module's device (`default_device` for modules without tensors of their own, like a
     LayerNorm without affine weights)."""
     for module in model.modules():
-        own = [t.device for t in module.parameters(recurse=False) if not t.is_meta]
-        for name in (INPUT_SCALE, OUTPUT_SCALE):
-            buffer = module._buffers.get(name)
-            if buffer is not None and buffer.is_meta:
-                device = own[0] if own else default_device
-                module._buffers[name] = torch.ones((), dtype=buffer.dtype, device=device)
+        if not isinstance(module, QModuleMixin):
+            continue
+        meta = {name: s for name, s in module.activation_scales().items() if s.is_meta}
+        if meta:
+            ones = {name: torch.ones((), dtype=scale.dtype) for name, scale in meta.items()}
+            module.set_activation_scales(ones, default_device)
 
 
 def load_stored_tensors(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from torch import nn
-
 from quanta.qio import QuantizationConfig
-from quanta.qmodules import quantize
+from quanta.qmodules import ModuleConfig, to_module_config
 
 QUANT_METHOD = "quanta"
 # Optimizers that need statistics gathered before freeze cannot run while the weights load.
@@ -86,9 +84,31 @@ class QuantaSettings:
                 "while from_pretrained loads the weights; quantize the loaded float model with "
                 "quanta.quantize and quanta.qcalib instead"
             )
-        quantize(nn.Module(), **self.quantize_arguments())  # checks every argument, changes nothing
+        self.default_module_config()
+        self._check_overrides()
         if self.modules is not None:
-            self.module_config()  # a saved config must parse: refuse it here, not mid-load
+            self.saved_config()  # a saved config must parse: refuse it here, not mid-load
+
+    def default_module_config(self) -> ModuleConfig:
+        """The ModuleConfig these settings apply to every module (its optimizer resolved)."""
+        return ModuleConfig(
+            weights=self.weights,
+            group_size=self.group_size,
+            optimizer=self.optimizer,
+            activations=self.activations,
+            activations_mode=self.activations_mode,
+        ).resolved()
+
+    def _check_overrides(self) -> None:
+        """Each override must make a valid ModuleConfig (as quantize() would build it)."""
+        if self.overrides is None:
+            return
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"overrides must be None or a dict of patterns, got {self.overrides!r}")
+        for pattern, override in self.overrides.items():
+            if not isinstance(pattern, str):
+                raise TypeError(f"overrides keys must be str patterns, got {pattern!r}")
+            to_module_config(override, f"overrides[{pattern!r}]").resolved()
 
     def quantize_arguments(self, exclude: list[str] | None = None) -> dict[str, Any]:
         """The keyword arguments of `quanta.quantize` this config stands for."""
@@ -102,7 +122,7 @@ class QuantaSettings:
             "overrides": self.overrides,
         }
 
-    def module_config(self) -> QuantizationConfig:
+    def saved_config(self) -> QuantizationConfig:
         """The saved per-module config (raises if this config was never saved)."""
         if self.modules is None:
             raise ValueError(

@@ -4,7 +4,6 @@ from quanta.qio.checkpoint import CONFIG_KEY
 from quanta.qio.config import (
     CONFIG_VERSION,
     LAYOUT_VERSION,
-    ModuleConfig,
     QuantizationConfig,
     apply_quantization_config,
     quantization_config,
@@ -30,7 +29,6 @@ __all__ = [
     "CheckpointMismatchError",
     "ChecksumMismatchError",
     "CorruptCheckpointError",
-    "ModuleConfig",
     "QuantizationConfig",
     "UnsupportedCheckpointError",
     "apply_quantization_config",

@@ -14,9 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from quanta.qio.config import QuantizationConfig, apply_quantization_config
+from quanta.qio.config import QuantizationConfig, apply_quantization_config, stored_layout
 from quanta.qio.errors import CheckpointMismatchError
-from quanta.qmodules import QModuleMixin, QTensor, freeze
+from quanta.qmodules import QTensor, freeze
 
 ZERO_POINT_SUFFIX = ".weight.zero_point"
 SCALE_SUFFIX = ".weight.scale"
@@ -36,22 +36,23 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     memo: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        for parameter in module.parameters(recurse=False):
-            meta = parameter.detach().to("meta")
-            memo[id(parameter)] = nn.Parameter(meta, requires_grad=parameter.requires_grad)
-        for name, buffer in module.named_buffers(recurse=False):
-            if name not in module._non_persistent_buffers_set:
-                memo[id(buffer)] = buffer.detach().to("meta")
+    for parameter in model.parameters():
+        meta = parameter.detach().to("meta")
+        memo[id(parameter)] = nn.Parameter(meta, requires_grad=parameter.requires_grad)
+    for buffer in persistent_buffers(model):
+        memo[id(buffer)] = buffer.detach().to("meta")
     return copy.deepcopy(model, memo)
+
+
+def persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The buffers the state_dict holds (the persistent ones)."""
+    stateful = {id(tensor) for tensor in model.state_dict(keep_vars=True).values()}
+    return [buffer for buffer in model.buffers() if id(buffer) in stateful]
 
 
 def expected_state(model: nn.Module, config: QuantizationConfig) -> dict[str, TensorSpec]:
     """Every key the checkpoint of `model` quantized by `config` holds, with shape and dtype."""
-    shadow = apply_quantization_config(meta_skeleton(model), config)
-    for module in shadow.modules():
-        if isinstance(module, QModuleMixin):
-            module.weight_optimizer = None  # the stored layout, without running an optimizer
+    shadow = apply_quantization_config(meta_skeleton(model), stored_layout(config))
     freeze(shadow)
     specs = {key: TensorSpec(tuple(t.shape), t.dtype) for key, t in shadow.state_dict().items()}
     for name, entry in config.modules.items():

@@ -11,7 +11,12 @@ from torch import nn
 
 from quanta.qio.checkpoint import QuantaCheckpoint
 from quanta.qio.config import QuantizationConfig, apply_quantization_config
-from quanta.qio.expected import check_no_meta_leftovers, check_specs, expected_state
+from quanta.qio.expected import (
+    check_no_meta_leftovers,
+    check_specs,
+    expected_state,
+    persistent_buffers,
+)
 from quanta.qio.quanto import QUANTO_MAP_FILE, QuantoCheckpoint
 
 
@@ -93,8 +98,8 @@ def _assign(
             shared = nn.Parameter(staged[present[0]], requires_grad=names[0][1])
             staged.update(dict.fromkeys((name for name, _ in names), shared))
     model.load_state_dict(staged, strict=strict, assign=True)
-    for module in model.modules():
-        for name in module._non_persistent_buffers_set:
-            buffer = module._buffers.get(name)
-            if buffer is not None and buffer.device != device:
-                module._buffers[name] = buffer.to(device)
+    stateful = {id(buffer) for buffer in persistent_buffers(model)}
+    for name, buffer in list(model.named_buffers()):
+        if id(buffer) not in stateful and buffer.device != device:
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, buffer.to(device))

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from quanta.qio.checkpoint import open_files, read_stored
-from quanta.qio.config import WEIGHT_AXIS, ModuleConfig, QuantizationConfig
+from quanta.qio.config import QuantizationConfig
 from quanta.qio.errors import CheckpointMismatchError, CorruptCheckpointError
 from quanta.qio.expected import TensorSpec
-from quanta.qmodules.modules.base import quantized_base_for
-from quanta.qtypes import QType, to_qtype
+from quanta.qmodules import ModuleConfig, quantized_base_for
+from quanta.qtypes import PACKED_AFFINE, SYMMETRIC, QType, to_qtype
 
 QUANTO_MAP_FILE = "quanto_qmap.json"
 NONE = "none"
@@ -114,11 +114,7 @@ def _module_plan(
             plan.pop(f"{name}.{scale}", None)
     if weights is None and activations is None:
         return None
-    config = ModuleConfig(
-        activations=None if activations is None else activations.name,
-        activations_mode=None if activations is None else "static",
-        output_quantized=activations is not None,
-    )
+    config = ModuleConfig(activations=activations, output_quantized=activations is not None)
     if weights is None:
         return config
     weight = getattr(module, "weight", None)
@@ -128,16 +124,14 @@ def _module_plan(
         )
     shape = tuple(weight.shape)
     prefix = f"{name}.weight"
-    if weights.is_packed:
-        group_size, float_zero_point = _plan_bits(prefix, weights, shape, raw, plan)
-    else:
-        group_size, float_zero_point = None, False
-        _plan_bytes(prefix, weights, shape, raw, plan)
+    planner = _PLANNERS.get(weights.layout)
+    if planner is None:
+        raise CheckpointMismatchError(f"{prefix}: optimum-quanto has no {weights} weights")
+    group_size, float_zero_point = planner(prefix, weights, shape, raw, plan)
     return replace(
         config,
-        weights=weights.name,
+        weights=weights,
         group_size=group_size,
-        axis=WEIGHT_AXIS,
         float_zero_point=float_zero_point,
         optimizer="optimum-quanto",
     )
@@ -159,7 +153,8 @@ def _mismatch(key: str, spec: TensorSpec, wanted: str) -> CheckpointMismatchErro
 
 def _plan_bytes(
     prefix: str, qtype: QType, shape: tuple, raw: dict, plan: dict[str, Conversion]
-) -> None:
+) -> tuple[None, bool]:
+    """Plan the symmetric layout's tensors; no group size, no float zero points."""
     rows, columns = shape[0], math.prod(shape[1:])
     data, scale = _source(f"{prefix}._data", raw, plan), _source(f"{prefix}._scale", raw, plan)
     if data.shape != shape or data.dtype != qtype.dtype:
@@ -176,6 +171,7 @@ def _plan_bytes(
         (f"{prefix}._scale",),
         lambda values: values.reshape(rows, 1),
     )
+    return None, False
 
 
 def _plan_bits(
@@ -215,6 +211,10 @@ def _plan_bits(
         lambda shifts, scales: _zero_point(shifts, scales, prefix).reshape(rows, per_row),
     )
     return group_size, float_zero_point
+
+
+# the canonical layout each quanto weight layout is converted to
+_PLANNERS = {SYMMETRIC: _plan_bytes, PACKED_AFFINE: _plan_bits}
 
 
 def _unpack_quanto(packed: torch.Tensor, bits: int, rows: int) -> torch.Tensor:

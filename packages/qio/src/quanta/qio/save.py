@@ -73,8 +73,8 @@ def parse_size(size: int | str | None) -> int | None:
 
 def _check_frozen(model: nn.Module) -> None:
     for name, module in model.named_modules():
-        quantized = isinstance(module, QModuleMixin) and module.weight_qtype is not None
-        if quantized and not module.is_frozen and module._parameters.get("weight") is not None:
+        quantized = isinstance(module, QModuleMixin) and module.qconfig.weights is not None
+        if quantized and not module.is_frozen and module.stored_weight is not None:
             raise ValueError(
                 f"module {name!r} is quantized but not frozen; call quanta.freeze(model) "
                 "before saving (only the stored quantized weights are saved)"

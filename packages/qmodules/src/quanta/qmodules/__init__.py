@@ -1,5 +1,6 @@
 """quanta.qmodules: quantized tensors and modules, quantize() and freeze()."""
 
+from quanta.qmodules.config import ACTIVATION_MODES, ModuleConfig, to_module_config
 from quanta.qmodules.freeze import freeze
 from quanta.qmodules.memory import WeightMemory, weight_memory
 from quanta.qmodules.modules import (
@@ -8,24 +9,41 @@ from quanta.qmodules.modules import (
     QLayerNorm,
     QLinear,
     QModuleMixin,
+    apply_module_config,
     float_activations,
+    hadamard_block_size,
     observe_activations,
+    quantized_base_for,
 )
 from quanta.qmodules.optimizers import (
     AbsmaxOptimizer,
     MinmaxOptimizer,
     WeightOptimizer,
-    WeightParts,
     register_weight_optimizer,
+    to_weight_optimizer,
 )
 from quanta.qmodules.quantize import quantize
-from quanta.qmodules.tensors import QActivationTensor, QBitsTensor, QBytesTensor, QTensor
+from quanta.qmodules.tensors import (
+    PartSpec,
+    QActivationTensor,
+    QBitsTensor,
+    QBytesTensor,
+    QTensor,
+    QWeightTensor,
+    WeightParts,
+    layout_for,
+    register_layout,
+    stored_part_names,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVATION_MODES",
     "AbsmaxOptimizer",
     "MinmaxOptimizer",
+    "ModuleConfig",
+    "PartSpec",
     "QActivationMixin",
     "QActivationTensor",
     "QBitsTensor",
@@ -35,13 +53,22 @@ __all__ = [
     "QLinear",
     "QModuleMixin",
     "QTensor",
+    "QWeightTensor",
     "WeightMemory",
     "WeightOptimizer",
     "WeightParts",
+    "apply_module_config",
     "float_activations",
     "freeze",
+    "hadamard_block_size",
+    "layout_for",
     "observe_activations",
     "quantize",
+    "quantized_base_for",
+    "register_layout",
     "register_weight_optimizer",
+    "stored_part_names",
+    "to_module_config",
+    "to_weight_optimizer",
     "weight_memory",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quanta.qmodules.modules.base import WEIGHT, QModuleMixin
+from quanta.qmodules.modules.base import QModuleMixin
+from quanta.qmodules.optimizers import to_weight_optimizer
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -22,18 +23,19 @@ def freeze(model: nn.Module) -> nn.Module:
         for name, module in model.named_modules()
         if isinstance(module, QModuleMixin)
         and not module.is_frozen
-        and module.weight_qtype is not None
-        and module._parameters.get(WEIGHT) is not None
+        and module.qconfig.weights is not None
+        and module.stored_weight is not None
     ]
     for name, module in pending:
-        weight = module._parameters[WEIGHT]
+        weight = module.stored_weight
         if not weight.is_meta and not bool(torch.isfinite(weight).all()):
             raise ValueError(
                 f"the weight of module {name or type(module).__name__!r} holds NaN or Inf; "
                 "it cannot be quantized"
             )
-        if module.weight_optimizer is not None:
-            module.weight_optimizer.check_ready(module, name or type(module).__name__)
+        optimizer = to_weight_optimizer(module.qconfig.optimizer)
+        if optimizer is not None:
+            optimizer.check_ready(module, name or type(module).__name__)
     for _, module in pending:
         module.freeze_weight()
     return model

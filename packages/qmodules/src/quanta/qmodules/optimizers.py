@@ -14,47 +14,34 @@ Built in: "absmax" (8-bit) and "minmax" (2/4-bit), the default rules. Others (qu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from quanta.qmodules.tensors import QBitsTensor, QBytesTensor, QTensor
-from quanta.qtypes import QType
+from quanta.qmodules.tensors import QWeightTensor, WeightParts, layout_for
+from quanta.qtypes import PACKED_AFFINE, SYMMETRIC, QType
 
 ENTRY_POINT_GROUP = "quanta.weight_optimizers"
-
-
-@dataclass(frozen=True)
-class WeightParts:
-    """The parts of a quantized 2D weight [rows, K] as an optimizer returns them.
-
-    codes: unpacked codes [rows, K], `qtype.dtype` for 8-bit qtypes, uint8 for 2/4-bit ones.
-    scale: [rows, 1] (8-bit) or [rows, K // group_size] (2/4-bit), in the weight's float dtype.
-    zero_point: None (8-bit), or [rows, K // group_size] in uint8 or a float dtype (2/4-bit).
-    """
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    zero_point: torch.Tensor | None = None
 
 
 class WeightOptimizer:
     """Chooses the quantized parts of a module's weight when the weight is stored (freeze).
 
-    Subclasses set `name`, implement `supports` and `optimize`, and may override `check_ready`
-    (for optimizers that need statistics, such as GPTQ). `float_zero_point` says whether the
-    zero points it returns are floats (in the weight's dtype) rather than uint8.
+    Subclasses set `name` and the qtype `layouts` they produce, implement `optimize`, and may
+    override `check_ready` (for optimizers that need statistics, such as GPTQ).
+    `float_zero_point` says whether the zero points it returns are floats (in the weight's
+    dtype) rather than uint8.
     """
 
     name: ClassVar[str] = ""
+    layouts: ClassVar[tuple[str, ...]] = ()
     float_zero_point: ClassVar[bool] = False
 
     def supports(self, qtype: QType) -> bool:
         """Whether this optimizer can produce weights of `qtype`."""
-        raise NotImplementedError
+        return qtype.layout in self.layouts
 
     def optimize(
         self,
@@ -77,50 +64,33 @@ class WeightOptimizer:
         return self
 
 
-class AbsmaxOptimizer(WeightOptimizer):
+class OnTheFlyRule(WeightOptimizer):
+    """The layout's own quantization rule, the one weights are quantized with before freeze."""
+
+    def optimize(
+        self,
+        weight: torch.Tensor,
+        qtype: QType,
+        group_size: int | None,
+        module: nn.Module | None = None,
+    ) -> WeightParts:
+        return layout_for(qtype).quantize(weight, qtype, group_size).weight_parts()
+
+
+class AbsmaxOptimizer(OnTheFlyRule):
     """8-bit weights: one symmetric scale per output channel (int8: absmax / 127; float8: the
     best of 16 scales from absmax up, by squared error). The default for 8-bit qtypes."""
 
     name = "absmax"
-
-    def supports(self, qtype: QType) -> bool:
-        return not qtype.is_packed
-
-    def optimize(
-        self,
-        weight: torch.Tensor,
-        qtype: QType,
-        group_size: int | None,
-        module: nn.Module | None = None,
-    ) -> WeightParts:
-        quantized = QBytesTensor.quantize(weight, qtype)  # the on-the-fly rule, in one place
-        return WeightParts(quantized.codes, quantized.scale)
+    layouts = (SYMMETRIC,)
 
 
-class MinmaxOptimizer(WeightOptimizer):
+class MinmaxOptimizer(OnTheFlyRule):
     """2/4-bit weights: affine scale and uint8 zero point from each group's min and max (the
     range always holds 0). The default for 2/4-bit qtypes."""
 
     name = "minmax"
-
-    def supports(self, qtype: QType) -> bool:
-        return qtype.is_packed
-
-    def optimize(
-        self,
-        weight: torch.Tensor,
-        qtype: QType,
-        group_size: int | None,
-        module: nn.Module | None = None,
-    ) -> WeightParts:
-        quantized = QBitsTensor.quantize(weight, qtype, group_size)  # the on-the-fly rule
-        codes = torch.ops.quanta.unpack(quantized.codes, qtype.bits, quantized.in_size)
-        return WeightParts(codes, quantized.scale, quantized.zero_point)
-
-
-def default_optimizer(qtype: QType) -> WeightOptimizer:
-    """The optimizer whose rule on-the-fly quantization uses for `qtype`."""
-    return MinmaxOptimizer() if qtype.is_packed else AbsmaxOptimizer()
+    layouts = (PACKED_AFFINE,)
 
 
 def optimized_weight(
@@ -129,14 +99,11 @@ def optimized_weight(
     group_size: int | None,
     optimizer: WeightOptimizer,
     module: nn.Module | None = None,
-) -> QTensor:
-    """The QTensor of a float weight [out, ...] with the parts `optimizer` chooses."""
+) -> QWeightTensor:
+    """The quantized tensor of a float weight [out, ...] with the parts `optimizer` chooses."""
     rows = weight.reshape(weight.shape[0], -1)
     parts = optimizer.optimize(rows, qtype, group_size, module)
-    if qtype.is_packed:
-        packed = torch.ops.quanta.pack(parts.codes, qtype.bits)
-        return QBitsTensor(packed, parts.scale, parts.zero_point, qtype, group_size, weight.shape)
-    return QBytesTensor(parts.codes, parts.scale, qtype, weight.shape)
+    return layout_for(qtype).from_weight_parts(parts, qtype, group_size, weight.shape)
 
 
 _REGISTRY: dict[str, Callable[[], WeightOptimizer]] = {

@@ -1,6 +1,8 @@
 """quanta.qtypes: quantized data types and the scale math that maps floats onto them."""
 
 from quanta.qtypes.qtype import (
+    PACKED_AFFINE,
+    SYMMETRIC,
     QType,
     qfloat8,
     qfloat8_e4m3fn,
@@ -17,6 +19,8 @@ from quanta.qtypes.scales import absmax_scale, minmax_affine_params, symmetric_s
 __version__ = "0.1.0"
 
 __all__ = [
+    "PACKED_AFFINE",
+    "SYMMETRIC",
     "QType",
     "absmax_scale",
     "minmax_affine_params",

@@ -6,10 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+# The storage layouts a qtype's codes live in; quanta.qmodules has one tensor class for each.
+PACKED_AFFINE = "packed_affine"  # unsigned codes packed into uint8, scale and zero point a group
+SYMMETRIC = "symmetric"  # one code a byte (int8 or float8), a symmetric scale
+
 
 @dataclass(frozen=True)
 class QType:
-    """A quantized data type: its bit width, code range and the torch dtype its codes live in.
+    """A quantized data type: its bit width, code range, the torch dtype its codes live in and
+    the name of its storage layout.
 
     2- and 4-bit codes are unsigned (affine, with a zero point) and packed into uint8 storage;
     8-bit codes are signed integers or float8 values scaled symmetrically.
@@ -21,11 +26,7 @@ class QType:
     dtype: torch.dtype
     qmin: float
     qmax: float
-
-    @property
-    def is_packed(self) -> bool:
-        """True for sub-byte types whose codes are packed several to a byte."""
-        return self.bits < 8
+    layout: str
 
     def __repr__(self) -> str:
         return f"quanta.{self.name}"
@@ -33,12 +34,12 @@ class QType:
 
 def _float8(name: str, dtype: torch.dtype) -> QType:
     info = torch.finfo(dtype)
-    return QType(name, 8, True, dtype, float(info.min), float(info.max))
+    return QType(name, 8, True, dtype, float(info.min), float(info.max), SYMMETRIC)
 
 
-qint2 = QType("qint2", 2, False, torch.uint8, 0, 3)
-qint4 = QType("qint4", 4, False, torch.uint8, 0, 15)
-qint8 = QType("qint8", 8, False, torch.int8, -128, 127)
+qint2 = QType("qint2", 2, False, torch.uint8, 0, 3, PACKED_AFFINE)
+qint4 = QType("qint4", 4, False, torch.uint8, 0, 15, PACKED_AFFINE)
+qint8 = QType("qint8", 8, False, torch.int8, -128, 127, SYMMETRIC)
 qfloat8_e4m3fn = _float8("qfloat8_e4m3fn", torch.float8_e4m3fn)
 qfloat8_e4m3fnuz = _float8("qfloat8_e4m3fnuz", torch.float8_e4m3fnuz)
 qfloat8_e5m2 = _float8("qfloat8_e5m2", torch.float8_e5m2)

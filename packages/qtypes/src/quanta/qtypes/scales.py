@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from quanta.qtypes.qtype import QType
+from quanta.qtypes.qtype import PACKED_AFFINE, SYMMETRIC, QType
 
 
 def absmax_scale(x: torch.Tensor, qtype: QType, axis: int | None = 0) -> torch.Tensor:
@@ -14,7 +14,7 @@ def absmax_scale(x: torch.Tensor, qtype: QType, axis: int | None = 0) -> torch.T
     against `x`); None gives one scale for the whole tensor. An all-zero slice gets
     scale 1 so that it quantizes to exact zeros instead of dividing by zero.
     """
-    if qtype.is_packed:
+    if qtype.layout != SYMMETRIC:
         raise ValueError(f"absmax_scale is for 8-bit qtypes; {qtype} uses minmax_affine_params")
     dims = _reduced_dims(x, axis)
     absmax = x.abs().amax(dim=dims, keepdim=True) if dims else x.abs()
@@ -62,7 +62,7 @@ def minmax_affine_params(
     zero weights stay exactly zero. Returns scale [rows, columns // group_size] in x's dtype
     and zero_point of the same shape in uint8: x ≈ (code - zero_point) * scale.
     """
-    if not qtype.is_packed:
+    if qtype.layout != PACKED_AFFINE:
         raise ValueError(f"minmax_affine_params is for 2/4-bit qtypes, got {qtype}")
     if x.dim() != 2 or x.shape[1] % group_size != 0:
         raise ValueError(

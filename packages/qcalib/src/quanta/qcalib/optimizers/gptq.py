@@ -20,7 +20,7 @@ from torch import nn
 
 from quanta.qcalib.optimizers.statistics import CalibratedOptimizer
 from quanta.qmodules import WeightParts
-from quanta.qtypes import QType, minmax_affine_params
+from quanta.qtypes import PACKED_AFFINE, QType, minmax_affine_params
 
 
 @dataclass(frozen=True, repr=True, eq=False)
@@ -39,15 +39,13 @@ class GPTQ(CalibratedOptimizer):
     clip_search: bool = True
 
     name = "gptq"
+    layouts = (PACKED_AFFINE,)
 
     def __post_init__(self) -> None:
         if not self.damping > 0:
             raise ValueError(f"damping must be > 0, got {self.damping}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be > 0, got {self.block_size}")
-
-    def supports(self, qtype: QType) -> bool:
-        return qtype.is_packed
 
     def optimize(
         self,

@@ -17,7 +17,7 @@ from torch import nn
 
 from quanta.qcalib.optimizers.statistics import CalibratedOptimizer, column_importance
 from quanta.qmodules import WeightParts
-from quanta.qtypes import QType
+from quanta.qtypes import PACKED_AFFINE, QType
 
 
 @dataclass(frozen=True, repr=True, eq=False)
@@ -40,6 +40,7 @@ class HQQ(CalibratedOptimizer):
     refine_scale: bool = True
 
     name = "hqq"
+    layouts = (PACKED_AFFINE,)
     float_zero_point = True
     requires_statistics = False
 
@@ -50,9 +51,6 @@ class HQQ(CalibratedOptimizer):
             raise ValueError(f"need beta > 0 and kappa >= 1, got {self.beta}, {self.kappa}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-
-    def supports(self, qtype: QType) -> bool:
-        return qtype.is_packed
 
     def optimize(
         self,

@@ -120,7 +120,7 @@ def _served_modules(model: nn.Module, optimizer: WeightOptimizer) -> list[nn.Mod
         for module in model.modules()
         if isinstance(module, QModuleMixin)
         and isinstance(module, nn.Linear)  # inputs [..., K]: other modules get no statistics
-        and module.weight_optimizer is optimizer
+        and module.qconfig.optimizer is optimizer
         and not module.is_frozen
     ]
 
@@ -130,7 +130,7 @@ def _calibrated_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, QModuleMixin)
-        and isinstance(module.weight_optimizer, CalibratedOptimizer)
+        and isinstance(module.qconfig.optimizer, CalibratedOptimizer)
         and not module.is_frozen
     ]
 
@@ -161,10 +161,10 @@ def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = 
             "no module of the model has a calibrated weight optimizer (GPTQ, HQQ): pass "
             "optimizer=... to quantize() first"
         )
-    optimizers = {id(module.weight_optimizer): module.weight_optimizer for _, module in served}
+    optimizers = {id(module.qconfig.optimizer): module.qconfig.optimizer for _, module in served}
     for name, module in served:  # Linear only, checked before any forward pass
-        if module.weight_optimizer.requires_statistics and not isinstance(module, nn.Linear):
-            module.weight_optimizer.check_ready(module, name)
+        if module.qconfig.optimizer.requires_statistics and not isinstance(module, nn.Linear):
+            module.qconfig.optimizer.check_ready(module, name)
     total = len(batches) if hasattr(batches, "__len__") else None
     with contextlib.ExitStack() as stack:
         for optimizer in optimizers.values():
@@ -178,9 +178,9 @@ def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = 
                 model(batch)
     _last_gram.update(tensor=None, version=None, gram=None)
     for name, module in served:  # every module is checked before any is changed
-        module.weight_optimizer.check_ready(module, name)
+        module.qconfig.optimizer.check_ready(module, name)
     for _, module in _progress(served, len(served), "optimizing weights", progress):
-        optimizer = module.weight_optimizer
+        optimizer = module.qconfig.optimizer
         freeze(module)
         optimizer.release(module)
     return model

@@ -24,19 +24,16 @@ from quanta.qintegrations.module_weights import (
     is_weight_quantized,
     load_stored_tensors,
     materialize_activation_scales,
-    quantize_float_weight,
 )
 from quanta.qintegrations.offload import serve_quantized_weights
-from quanta.qintegrations.settings import check_device_map
-from quanta.qio import apply_quantization_config, quantization_config
-from quanta.qmodules import QModuleMixin, quantize
+from quanta.qintegrations.quantizer_base import QuantaQuantizerMixin
+from quanta.qmodules import QModuleMixin
 
 
-class QuantaDiffusersQuantizer(DiffusersQuantizer):
+class QuantaDiffusersQuantizer(QuantaQuantizerMixin, DiffusersQuantizer):
     """The Diffusers quantizer of quanta (quant_method "quanta")."""
 
     quantization_config: QuantaConfig
-    requires_calibration = False
     # Diffusers hands the model class's `_keep_in_fp32_modules` to quantizers that declare this.
     use_keep_in_fp32_modules = True
 
@@ -47,11 +44,6 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         # A copy: loading records the per-module config in it, the caller's may serve again.
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
         self.held_back = HeldBackTensors(*_saved_module_names(quantization_config))
-
-    def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
-        """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
-        called again on the resolved device_map, once the model is built."""
-        check_device_map(device_map)
 
     def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype:
         """float32 unless asked: Diffusers would otherwise cast stored tensors to the model's."""
@@ -90,7 +82,7 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         try:
             held = self.held_back.pop(module_name)
             if held is None:
-                quantize_float_weight(module, param_value.to(target_device))
+                module.load_float_weight(param_value.to(target_device))
             else:
                 load_stored_tensors(module, held, torch.device(target_device), dtype)
         except (ValueError, RuntimeError) as error:
@@ -103,11 +95,7 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         **kwargs: Any,
     ) -> None:
         config = self.quantization_config
-        if config.modules is not None:
-            apply_quantization_config(model, config.module_config())
-        else:
-            exclude = excluded_patterns(config, keep_in_fp32_modules or [])
-            quantize(model, **config.quantize_arguments(exclude=exclude))
+        self.quantize_modules(model, exclude=excluded_patterns(config, keep_in_fp32_modules or []))
         model.register_to_config(quantization_config=config)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
@@ -117,7 +105,7 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
         for module_name, held in self.held_back.pop_all().items():
             _assign_activation_scales(model, module_name, held, device)
         materialize_activation_scales(model, device)
-        self.quantization_config.modules = quantization_config(model).to_json()
+        self.record_module_configs(model)
         return model
 
     def get_state_dict_and_metadata(
@@ -135,14 +123,6 @@ class QuantaDiffusersQuantizer(DiffusersQuantizer):
     def is_serializable(self) -> bool:
         return True
 
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
-
 
 def excluded_patterns(config: QuantaConfig, keep_in_fp32_modules: Iterable[str]) -> list[str]:
     """`modules_to_not_convert`, and the fnmatch patterns of the modules a model class keeps in
@@ -158,10 +138,8 @@ def _saved_module_names(config: QuantaConfig) -> tuple[list[str], list[str]]:
     """The quanta modules of a saved config, and those among them whose weight is quantized."""
     if config.modules is None:
         return [], []
-    modules = config.module_config().modules
-    return list(modules), [
-        name for name, entry in modules.items() if entry.weight_qtype is not None
-    ]
+    modules = config.saved_config().modules
+    return list(modules), [name for name, entry in modules.items() if entry.weights is not None]
 
 
 def _assign_activation_scales(
@@ -172,14 +150,12 @@ def _assign_activation_scales(
 ) -> None:
     """Assign the saved scales of a module quantizing activations only (a QLayerNorm), on its
     own tensors' device, in the dtype it was rebuilt with."""
-    module = model.get_submodule(module_name)
-    own = [t.device for t in module.parameters(recurse=False) if not t.is_meta]
-    for name, tensor in scales.items():
-        buffer = module._buffers.get(name)
-        if buffer is None:
-            raise ValueError(f"{module_name}: the checkpoint holds {name}, the module has none")
-        device = own[0] if own else default_device
-        module._buffers[name] = tensor.to(device=device, dtype=buffer.dtype)
+    try:
+        model.get_submodule(module_name).set_activation_scales(scales, default_device)
+    except ValueError as error:
+        raise ValueError(
+            f"{module_name}: the checkpoint holds scales it cannot use: {error}"
+        ) from None
 
 
 def _extra_tensor_of_quanta_module(model: nn.Module, key: str) -> bool:

@@ -14,11 +14,9 @@ from quanta.qintegrations.module_weights import (
     is_weight_quantized,
     load_stored_tensors,
     materialize_activation_scales,
-    quantize_float_weight,
 )
+from quanta.qmodules import stored_part_names
 
-# What a frozen quanta module stores for its weight (QBytesTensor has no zero_point).
-STORED_WEIGHT_PARTS = ("codes", "scale", "zero_point")
 # The sentinel stored under the float name `<module>.weight`: the int64 logical shape of the
 # weight. Transformers without the quanta plugin finds a tensor of the wrong shape under a key
 # of the float model and refuses the checkpoint instead of initializing the weight at random.
@@ -27,7 +25,7 @@ SHAPE_SENTINEL_DTYPE = torch.int64
 
 def serialized_weight_names() -> list[str]:
     """Every checkpoint name a module's weight is read from: the sentinel and the stored parts."""
-    return [WEIGHT, *(f"{WEIGHT}.{part}" for part in STORED_WEIGHT_PARTS)]
+    return [WEIGHT, *(f"{WEIGHT}.{part}" for part in stored_part_names())]
 
 
 def _module_of(model: nn.Module, key: str) -> tuple[nn.Module, str]:
@@ -39,7 +37,7 @@ def _mark_loaded(
     module: nn.Module, module_name: str, missing_keys: set[str] | None, names: tuple[str, ...]
 ) -> None:
     """Tell Transformers that the weight and `names` of `module` are loaded, not to initialize."""
-    module._parameters[WEIGHT]._is_hf_initialized = True
+    module.stored_weight._is_hf_initialized = True
     if missing_keys is not None:
         for name in names:
             missing_keys.discard(f"{module_name}.{name}")
@@ -61,9 +59,10 @@ class QuantizeWeight(ConversionOps):
     ) -> dict[str, torch.Tensor]:
         (value,) = (v[0] if isinstance(v, list) else v for v in input_dict.values())
         module, module_name = _module_of(model, full_layer_name)
-        quantize_float_weight(module, value)
+        module.load_float_weight(value)
         materialize_activation_scales(module, value.device)  # static scales start at 1.0
-        _mark_loaded(module, module_name, missing_keys, (WEIGHT, *module._buffers))
+        buffers = (name for name, _ in module.named_buffers(recurse=False))
+        _mark_loaded(module, module_name, missing_keys, (WEIGHT, *buffers))
         return {}
 
 
@@ -95,7 +94,7 @@ class DeserializeWeight(ConversionOps):
                 )
             return tensors
         _check_shape_sentinel(tensors.pop(WEIGHT, None), module, full_layer_name)
-        float_weight = module._parameters[WEIGHT]
+        float_weight = module.stored_weight
         device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
         try:
             load_stored_tensors(module, tensors, device, float_weight.dtype)
@@ -113,7 +112,7 @@ class DeserializeWeight(ConversionOps):
 def _check_shape_sentinel(sentinel: torch.Tensor | None, module: nn.Module, key: str) -> None:
     if sentinel is None:
         return
-    expected = tuple(module._parameters[WEIGHT].shape)
+    expected = tuple(module.stored_weight.shape)
     if sentinel.dtype != SHAPE_SENTINEL_DTYPE or tuple(sentinel.tolist()) != expected:
         raise ValueError(
             f"{key}: the checkpoint's weight has shape {sentinel.tolist()}, the model {expected}"

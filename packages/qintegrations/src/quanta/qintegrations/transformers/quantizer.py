@@ -19,7 +19,7 @@ from transformers.quantizers.base import HfQuantizer
 
 from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
 from quanta.qintegrations.offload import read_offloaded_tensors, serve_quantized_weights
-from quanta.qintegrations.settings import check_device_map
+from quanta.qintegrations.quantizer_base import QuantaQuantizerMixin
 from quanta.qintegrations.transformers.config import QuantaConfig
 from quanta.qintegrations.transformers.operations import (
     DeserializeWeight,
@@ -27,9 +27,7 @@ from quanta.qintegrations.transformers.operations import (
     serialized_weight_names,
     shape_sentinel,
 )
-from quanta.qio import apply_quantization_config, quantization_config
-from quanta.qmodules import QModuleMixin, quantize
-from quanta.qmodules.modules.activations import INPUT_SCALE, OUTPUT_SCALE
+from quanta.qmodules import QModuleMixin
 
 # Checkpoint dtypes (safetensors names) cast to the model's dtype while loading; codes
 # (int8, uint8, float8) and the shape sentinels keep theirs.
@@ -37,11 +35,10 @@ CAST_DTYPES = {"F16", "BF16", "F32", "F64"}
 CAST_TORCH_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 
 
-class QuantaHfQuantizer(HfQuantizer):
+class QuantaHfQuantizer(QuantaQuantizerMixin, HfQuantizer):
     """The Transformers quantizer of quanta (quant_method "quanta")."""
 
     quantization_config: QuantaConfig
-    requires_calibration = False
 
     def __init__(self, quantization_config: QuantaConfig, **kwargs: Any) -> None:
         # A copy: loading records the per-module config in it, the caller's may serve again.
@@ -52,11 +49,6 @@ class QuantaHfQuantizer(HfQuantizer):
                 "this checkpoint's quantization_config (quant_method 'quanta') has no per-module "
                 "config ('modules'); it was not written by save_pretrained of a quanta model"
             )
-
-    def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
-        """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
-        called again on the device_map that 'auto' resolves to, once the model is built."""
-        check_device_map(device_map)
 
     @property
     def serialized_names(self) -> dict[str, list[str]]:
@@ -86,11 +78,8 @@ class QuantaHfQuantizer(HfQuantizer):
         return tensor_name == WEIGHT and is_weight_quantized(module) and not module.is_frozen
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
-        if self.pre_quantized:
-            apply_quantization_config(model, self.quantization_config.module_config())
-        else:
-            arguments = self.quantization_config.quantize_arguments(exclude=self._exclusions(model))
-            quantize(model, **arguments)
+        self.quantize_modules(model, exclude=[] if self.pre_quantized else self._exclusions(model))
+        if not self.pre_quantized:
             self._defer_activation_only_scales(model)
 
     def _exclusions(self, model: nn.Module) -> list[str]:
@@ -115,28 +104,20 @@ class QuantaHfQuantizer(HfQuantizer):
         serve_quantized_weights(model)  # Transformers dispatched the model just before
         for key in self.scales_to_fill:
             model.get_buffer(key).fill_(1.0)  # uncalibrated, like every static scale
-        self.quantization_config.modules = quantization_config(model).to_json()
+        self.record_module_configs(model)
         return model
 
     def get_state_dict_and_metadata(self, model: nn.Module) -> tuple[dict, dict]:
         """The frozen layout (offloaded tensors read back), a shape sentinel per quantized weight,
         and the current config."""
-        self.quantization_config.modules = quantization_config(model).to_json()
+        self.record_module_configs(model)
         state_dict = read_offloaded_tensors(model, model.state_dict())
         for name, module in model.named_modules():
             if isinstance(module, QModuleMixin) and module.is_frozen:
-                state_dict[f"{name}.{WEIGHT}"] = shape_sentinel(module._parameters[WEIGHT])
+                state_dict[f"{name}.{WEIGHT}"] = shape_sentinel(module.stored_weight)
         return state_dict, {}
 
     def is_serializable(self) -> bool:
-        return True
-
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
         return True
 
 
@@ -146,8 +127,7 @@ def _scales_without_weight_operation(model: nn.Module) -> list[str]:
         f"{name}.{buffer}"
         for name, module in model.named_modules()
         if isinstance(module, QModuleMixin) and not is_weight_quantized(module)
-        for buffer in (INPUT_SCALE, OUTPUT_SCALE)
-        if module._buffers.get(buffer) is not None
+        for buffer in module.activation_scales()
     ]
 
 

@@ -3,13 +3,14 @@
 from quanta.qmodules.modules.activations import (
     QActivationMixin,
     QLayerNorm,
+    apply_module_config,
     float_activations,
     observe_activations,
-    quantize_module_activations,
 )
-from quanta.qmodules.modules.base import QModuleMixin, quantize_module, quantized_class_for
+from quanta.qmodules.modules.base import QModuleMixin, quantized_base_for, quantized_class_for
 from quanta.qmodules.modules.conv2d import QConv2d
 from quanta.qmodules.modules.linear import QLinear
+from quanta.qmodules.modules.rotation import hadamard_block_size
 
 __all__ = [
     "QActivationMixin",
@@ -17,9 +18,10 @@ __all__ = [
     "QLayerNorm",
     "QLinear",
     "QModuleMixin",
+    "apply_module_config",
     "float_activations",
+    "hadamard_block_size",
     "observe_activations",
-    "quantize_module",
-    "quantize_module_activations",
+    "quantized_base_for",
     "quantized_class_for",
 ]

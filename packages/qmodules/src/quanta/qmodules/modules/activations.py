@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from quanta.qmodules.config import ModuleConfig
 from quanta.qmodules.modules.base import (
+    WEIGHT,
     QModuleMixin,
     quantized_class_for,
     register_quantized_class,
@@ -33,13 +36,11 @@ from quanta.qmodules.modules.base import (
 from quanta.qmodules.modules.rotation import hadamard_transform, random_signs
 from quanta.qmodules.tensors.activations import QActivationTensor
 from quanta.qmodules.tensors.straight_through import straight_through_dequantize
-from quanta.qtypes import QType
 
 INPUT_SCALE = "input_scale"
 OUTPUT_SCALE = "output_scale"
 INPUT_SMOOTHING = "input_smoothing"
 INPUT_ROTATION = "input_rotation"
-ACTIVATION_MODES = ("static", "dynamic")
 
 #: observer(module, kind, tensor), kind in "input", "output" (float, before quantization, the
 #: observer may update the module's scale in place) and "quantized_output" (what is returned).
@@ -77,10 +78,10 @@ def _notify(module: nn.Module, kind: str, tensor: torch.Tensor) -> None:
 
 
 class QActivationMixin:
-    """Quantizes a module's input and output around its float class's forward."""
+    """Quantizes a module's input and output around its float class's forward, as its
+    `qconfig` says (activations, activations_mode, output_quantized)."""
 
-    activation_qtype: QType | None = None
-    activation_mode: str | None = None
+    #: the module's qualified name in its model, for calibration reports
     quantized_name: str = ""
     #: False for modules whose input is not quantized (QLayerNorm: only its output is)
     quantizes_input: ClassVar[bool] = True
@@ -88,7 +89,7 @@ class QActivationMixin:
     token_dim: ClassVar[int] = -1
 
     def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.activation_qtype is None:
+        if self.qconfig.activations is None:
             return super().forward(input, *args, **kwargs)
         if self.quantizes_input:
             input = self.quantize_input(input)
@@ -97,7 +98,7 @@ class QActivationMixin:
     @property
     def quantizes_output(self) -> bool:
         """True when the output is returned quantized (static, not streamlined away)."""
-        return self.activation_mode == "static" and self._buffers.get(OUTPUT_SCALE) is not None
+        return self.qconfig.output_quantized
 
     def quantize_input(self, input: torch.Tensor) -> torch.Tensor:
         """The input as a QActivationTensor (kept as is when it already is one)."""
@@ -112,22 +113,23 @@ class QActivationMixin:
         if _FLOAT_ACTIVATIONS:
             return input
         if isinstance(input, QActivationTensor):
-            if _OBSERVERS and self.activation_mode == "static":
+            if _OBSERVERS and self.qconfig.activations_mode == "static":
                 # calibrated anyway: the input scale serves if the producer stops quantizing
                 _notify(self, "input", input.dequantize())
             return input
         if not input.is_floating_point():
             return input
-        if self.activation_mode == "dynamic":
+        qtype = self.qconfig.activations
+        if self.qconfig.activations_mode == "dynamic":
             if self.token_dim != -1:
                 moved = input.movedim(self.token_dim, -1)
-                scale = QActivationTensor.quantize_per_token(moved, self.activation_qtype).scale
+                scale = QActivationTensor.quantize_per_token(moved, qtype).scale
                 scale = scale.movedim(-1, self.token_dim)
-                return QActivationTensor.quantize(input, scale, self.activation_qtype)
-            return QActivationTensor.quantize_per_token(input, self.activation_qtype)
+                return QActivationTensor.quantize(input, scale, qtype)
+            return QActivationTensor.quantize_per_token(input, qtype)
         if _OBSERVERS:
             _notify(self, "input", input)
-        return QActivationTensor.quantize(input, self.input_scale, self.activation_qtype)
+        return QActivationTensor.quantize(input, self.input_scale, qtype)
 
     def quantize_output(self, output: torch.Tensor) -> torch.Tensor:
         """The output quantized with `output_scale`, or as it is (dynamic, streamlined)."""
@@ -137,7 +139,7 @@ class QActivationMixin:
             output = straight_through_dequantize(output)
         if _OBSERVERS:
             _notify(self, "output", output)
-        quantized = QActivationTensor.quantize(output, self.output_scale, self.activation_qtype)
+        quantized = QActivationTensor.quantize(output, self.output_scale, self.qconfig.activations)
         if _OBSERVERS:
             _notify(self, "quantized_output", quantized)
         return quantized
@@ -157,6 +159,7 @@ class QActivationMixin:
             previous = self._buffers.get(INPUT_SMOOTHING)
             combined = factors if previous is None else previous.float() * factors
         self.register_buffer(INPUT_SMOOTHING, combined.to(weight.dtype))
+        self.qconfig = replace(self.qconfig, input_smoothing=True)
 
     def rotate_input(self, block_size: int, seed: int = 0) -> None:
         """Rotate the input by a random-sign block Hadamard transform at run time and the float
@@ -171,10 +174,12 @@ class QActivationMixin:
         with torch.no_grad():
             weight.copy_(hadamard_transform(weight, signs))
         self.register_buffer(INPUT_ROTATION, signs.to(weight.dtype))
+        self.qconfig = replace(self.qconfig, input_rotation=block_size)
 
     def disable_output_quantization(self) -> None:
         """Return the output in float from now on; `output_scale` leaves the state_dict."""
         self._buffers[OUTPUT_SCALE] = None
+        self.qconfig = replace(self.qconfig, output_quantized=False)
 
     def _load_from_state_dict(
         self,
@@ -186,25 +191,75 @@ class QActivationMixin:
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        if self.activation_mode == "static" and OUTPUT_SCALE in self._buffers:
+        if self.qconfig.activations_mode == "static" and OUTPUT_SCALE in self._buffers:
             has_output = prefix + OUTPUT_SCALE in state_dict
             if self.quantizes_input and prefix + INPUT_SCALE in state_dict and not has_output:
                 self.disable_output_quantization()  # saved from a streamlined model
             elif has_output and self._buffers[OUTPUT_SCALE] is None:
                 self._buffers[OUTPUT_SCALE] = torch.ones_like(state_dict[prefix + OUTPUT_SCALE])
-        for name in (INPUT_SMOOTHING, INPUT_ROTATION):  # placeholders the load then fills
-            saved = state_dict.get(prefix + name)
-            if saved is not None and self._buffers.get(name) is None:
-                self.register_buffer(name, torch.ones_like(saved))
+                self.qconfig = replace(self.qconfig, output_quantized=True)
+        # placeholders (ones) that the load then fills
+        smoothing = state_dict.get(prefix + INPUT_SMOOTHING)
+        if smoothing is not None and self._buffers.get(INPUT_SMOOTHING) is None:
+            self._add_input_transforms(replace(self.qconfig, input_smoothing=True), smoothing)
+        rotation = state_dict.get(prefix + INPUT_ROTATION)
+        if rotation is not None and self._buffers.get(INPUT_ROTATION) is None:
+            block = rotation.shape[-1] if rotation.dim() else 1
+            self._add_input_transforms(replace(self.qconfig, input_rotation=block), rotation)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
-        if self.activation_qtype is not None:
-            text += f", activations={self.activation_qtype} ({self.activation_mode})"
+        if self.qconfig.activations is not None:
+            text += f", activations={self.qconfig.activations} ({self.qconfig.activations_mode})"
         return text
+
+    def _add_activation_buffers(self, like: torch.Tensor | None) -> None:
+        """Static scales of 1.0 (uncalibrated), in the dtype and on the device of `like`."""
+        config = self.qconfig
+        if config.activations is None or config.activations_mode != "static":
+            return
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        device = like.device if like is not None else None
+        names = (INPUT_SCALE, OUTPUT_SCALE) if self.quantizes_input else (OUTPUT_SCALE,)
+        for buffer in names:
+            self.register_buffer(buffer, torch.ones((), dtype=dtype, device=device))
+        if not config.output_quantized:
+            self._buffers[OUTPUT_SCALE] = None
+
+    def _add_input_transforms(self, config: ModuleConfig, like: torch.Tensor) -> None:
+        """Placeholders (ones) for the smoothing factors and rotation signs `config` names, which
+        a load then fills; the config is checked against the weight first."""
+        features, block = self.in_size, config.input_rotation
+        _check_rotation_block(features, block)
+        options = {"dtype": like.dtype, "device": like.device}
+        if config.input_smoothing and self._buffers.get(INPUT_SMOOTHING) is None:
+            self.register_buffer(INPUT_SMOOTHING, torch.ones(features, **options))
+        if block is not None and self._buffers.get(INPUT_ROTATION) is None:
+            self.register_buffer(INPUT_ROTATION, torch.ones(features // block, block, **options))
+        self.qconfig = config
+
+    def activation_scales(self) -> dict[str, torch.Tensor]:
+        """The static activation scales the module holds, by buffer name."""
+        names = (INPUT_SCALE, OUTPUT_SCALE)
+        return {name: self._buffers[name] for name in names if self._buffers.get(name) is not None}
+
+    def set_activation_scales(
+        self, scales: dict[str, torch.Tensor], default_device: torch.device
+    ) -> None:
+        """Assign static activation scales (some of `activation_scales()`'s names), each in the
+        dtype of the buffer it replaces, on the device of the module's own parameters
+        (`default_device` for a module without any, like a LayerNorm without affine weights)."""
+        held = self.activation_scales()
+        unknown = sorted(set(scales) - set(held))
+        if unknown:
+            raise ValueError(f"the module holds no activation scale {unknown[0]!r}")
+        own = [t.device for t in self.parameters(recurse=False) if not t.is_meta]
+        device = own[0] if own else default_device
+        for name, tensor in scales.items():
+            self._buffers[name] = tensor.to(device=device, dtype=held[name].dtype)
 
 
 @register_quantized_class(nn.LayerNorm)
@@ -218,32 +273,43 @@ class QLayerNorm(QActivationMixin, QModuleMixin, nn.LayerNorm):
     quantizes_weight: ClassVar[bool] = False
 
 
-def quantize_module_activations(
-    module: nn.Module, qtype: QType, mode: str, name: str = ""
-) -> QActivationMixin:
-    """Quantize a module's activations in place (a float LayerNorm becomes a QLayerNorm).
+def apply_module_config(module: nn.Module, config: ModuleConfig, name: str = "") -> QModuleMixin:
+    """Quantize a float module in place as `config` says; returns it (the same object).
 
-    Static modules get 0-d scale buffers of 1.0; `name` (the qualified name) is kept for
-    calibration reports.
+    Its weight stays as it is (float, or on the meta device) until freeze() or a load; static
+    activation scales start at 1.0, and the smoothing and rotation a config records get
+    placeholders that a load fills. `name` (the qualified name) is kept for calibration reports.
+    Every check is made before the module changes.
     """
-    if mode not in ACTIVATION_MODES:
-        raise ValueError(f"activations_mode must be one of {list(ACTIVATION_MODES)}, got {mode!r}")
-    if not isinstance(module, QModuleMixin):
-        module.__class__ = quantized_class_for(type(module))
+    if isinstance(module, QModuleMixin):
+        raise ValueError(f"module {name!r} is already quantized (as {module.qconfig})")
+    quantized_class = quantized_class_for(type(module))  # TypeError for a class without one
+    weight = getattr(module, WEIGHT, None)
+    weight = weight if isinstance(weight, torch.Tensor) else None
+    if config.weights is not None:
+        if weight is None or not quantized_class.quantizes_weight:
+            raise ValueError(f"module {name!r} has no weight that quanta quantizes")
+        columns = weight[0].numel()
+        if config.group_size is not None and columns % config.group_size:
+            raise ValueError(
+                f"group_size {config.group_size} does not fit its weight {tuple(weight.shape)}"
+            )
+    transforms = config.input_smoothing or config.input_rotation is not None
+    if transforms and (weight is None or weight.dim() != 2):
+        raise ValueError(f"module {name!r}: input smoothing and rotation need a Linear weight")
+    if transforms:
+        _check_rotation_block(weight.shape[1], config.input_rotation)
+    module.__class__ = quantized_class
     module.quantized_name = name
-    module.activation_qtype = qtype
-    module.activation_mode = mode
-    if mode != "static":
-        return
-    reference = module._parameters.get("weight")
-    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-    device = reference.device if reference is not None else None
-    names = (INPUT_SCALE, OUTPUT_SCALE) if module.quantizes_input else (OUTPUT_SCALE,)
-    for buffer in names:
-        module.register_buffer(buffer, torch.ones((), dtype=dtype, device=device))
+    module.qconfig = config
+    module._add_activation_buffers(weight)
+    if transforms:
+        module._add_input_transforms(config, weight)
     return module
 
 
-def quantizes_weight(quantized_class: type) -> bool:
-    """False for quantized classes whose weight stays float (QLayerNorm)."""
-    return getattr(quantized_class, "quantizes_weight", True)
+def _check_rotation_block(features: int, block: int | None) -> None:
+    if block is not None and features % block:
+        raise ValueError(
+            f"input_rotation block {block} does not divide its {features} input features"
+        )

@@ -27,25 +27,27 @@ def hadamard_transform(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return (y.reshape(shape) * block**-0.5).to(x.dtype)
 
 
-def default_block_size(features: int, largest: int = 512) -> int:
-    """The largest power of two that divides `features`, at most `largest`."""
-    block = 1
-    while block < largest and features % (2 * block) == 0:
-        block *= 2
-    return block
+DEFAULT_LARGEST_BLOCK = 512
 
 
-def check_block_size(features: int, block_size: int) -> None:
-    """Raise ValueError unless `block_size` is a power of two dividing `features`."""
+def hadamard_block_size(features: int, block_size: int | None = None) -> int:
+    """The rotation block for `features` inputs: `block_size` checked (ValueError unless a power
+    of two dividing `features`), or by default the largest such power up to 512."""
+    if block_size is None:
+        block = 1
+        while block < DEFAULT_LARGEST_BLOCK and features % (2 * block) == 0:
+            block *= 2
+        return block
     if block_size < 1 or block_size & (block_size - 1) or features % block_size:
         raise ValueError(
             f"block_size must be a power of two dividing in_features ({features}), got {block_size}"
         )
+    return block_size
 
 
 def random_signs(features: int, block_size: int, seed: int) -> torch.Tensor:
     """±1 signs [features // block_size, block_size] drawn from `seed` (reproducible)."""
-    check_block_size(features, block_size)
+    hadamard_block_size(features, block_size)
     generator = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, (features,), generator=generator) * 2 - 1
     return signs.reshape(-1, block_size).float()
