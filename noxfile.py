@@ -105,7 +105,7 @@ def build(session: nox.Session) -> None:
     shutil.rmtree(check, ignore_errors=True)
     session.run("python", "-m", "venv", str(check))
     pip = [str(check / "bin" / "python"), "-m", "pip", "install", "-q", "-c", CONSTRAINTS]
-    session.run(*pip, "torch", "tqdm", external=True)
+    session.run(*pip, "torch", "tqdm", "safetensors", "huggingface_hub", external=True)
     session.run(*pip, "--no-index", "--find-links", str(dist), "quanta", external=True)
     session.run(str(check / "bin" / "python"), "tests/check_install.py", external=True)
 

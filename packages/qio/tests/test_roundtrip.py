@@ -48,6 +48,21 @@ def test_float_model_is_quantized_in_place_and_returned(
     assert torch.equal(as_plain(target(x)), as_plain(model(x)))
 
 
+def test_loaded_tensors_do_not_map_the_file(tmp_path, frozen_mlp, meta_mlp):
+    model = frozen_mlp("int4", "int8")
+    save(model, tmp_path)
+    loaded = load(tmp_path, meta_mlp(), progress=False)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(bytes(file.stat().st_size))  # the file changed in place after loading
+    state = model.state_dict()
+    assert all(torch.equal(tensor, state[key]) for key, tensor in loaded.state_dict().items())
+
+
+def test_saved_files_are_ordinary_files(tmp_path, frozen_mlp):
+    save(frozen_mlp("int8"), tmp_path, max_shard_size="10KB")
+    assert {path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {0o644}
+
+
 @pytest.mark.parametrize(
     "options",
     [{"activations_mode": "dynamic"}, {"group_size": 32}, {"exclude": "fc2"}],

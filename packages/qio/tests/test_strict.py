@@ -172,16 +172,15 @@ def test_missing_path_is_an_os_error(tmp_path, meta_mlp):
 
 def test_a_crash_while_writing_keeps_the_previous_file(saved, frozen_mlp, monkeypatch):
     before = (saved / FILE).read_bytes()
-    calls = {"count": 0}
-    original = format_module.tensor_bytes
+    original = format_module.save_file
 
-    def failing(tensor):
-        calls["count"] += 1
-        if calls["count"] > 10:  # 8 tensors: after the checksums, while writing the data
-            raise OSError("disk full (simulated)")
-        return original(tensor)
+    def failing(tensors, filename, metadata=None):
+        original(tensors, filename, metadata)
+        data = filename.read_bytes()
+        filename.write_bytes(data[: len(data) // 2])  # half the data written, then the disk fills
+        raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(format_module, "tensor_bytes", failing)
+    monkeypatch.setattr(format_module, "save_file", failing)
     with pytest.raises(OSError, match="simulated"):
         save(frozen_mlp("int8"), saved)
     assert (saved / FILE).read_bytes() == before

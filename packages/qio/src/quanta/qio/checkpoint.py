@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from quanta.qio.config import QuantizationConfig, parse_config
 from quanta.qio.errors import CorruptCheckpointError, UnsupportedCheckpointError
 from quanta.qio.expected import TensorSpec
 from quanta.qio.files import find_files, read_index
-from quanta.qio.progress import progress_bar
 from quanta.qio.safetensors_format import (
     SafetensorsHeader,
+    open_safetensors,
     read_header,
     read_tensor,
     verified_checksums,
@@ -75,20 +76,20 @@ def read_stored(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (key, CPU tensor) for `keys`, file by file in storage order, checked if asked."""
     wanted = set(keys)
-    total = sum(
-        stored.location[k].entries[k].end - stored.location[k].entries[k].start for k in wanted
-    )
-    with progress_bar(total, "load", progress) as bar:
+    total = sum(stored.location[key].entries[key].nbytes for key in wanted)
+    with tqdm(
+        total=total, desc="load", unit="B", unit_scale=True, leave=False, disable=not progress
+    ) as bar:
         for header in stored.headers:
-            names = sorted(wanted & set(header.entries), key=lambda k: header.entries[k].start)
+            names = [name for name in header.entries if name in wanted]
             if not names:
                 continue
             bar.set_description(f"load {header.path.name}")
-            with open(header.path, "rb") as file:
+            with open_safetensors(header.path) as file:
                 for name in names:
                     expected = None if checksums is None else checksums[name]
-                    tensor = read_tensor(file, header, name, expected)
-                    bar.update(tensor.numel() * tensor.element_size())
+                    tensor = read_tensor(file, header.path, name, expected)
+                    bar.update(header.entries[name].nbytes)
                     yield name, tensor
 
 

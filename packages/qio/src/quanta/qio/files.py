@@ -11,11 +11,8 @@ from quanta.qio.errors import CorruptCheckpointError, UnsupportedCheckpointError
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-
-
-def shard_name(number: int, count: int) -> str:
-    """The file name of shard `number` (from 1) of `count`, as Transformers names them."""
-    return f"model-{number:05d}-of-{count:05d}.safetensors"
+# huggingface_hub's file names: model.safetensors, or model-00001-of-00002.safetensors and on
+SHARD_PATTERN = "model{suffix}.safetensors"
 
 
 def read_index(path: Path) -> tuple[dict, dict[str, str]]:

@@ -38,7 +38,7 @@ def load(
     is changed: a mismatch, a corrupt file or an unknown version raises a CheckpointError
     (a ValueError) and leaves the model as it was. `strict=False` skips unexpected keys and
     keeps the model's own (non-meta) tensors for missing ones; `verify_checksums=False` skips
-    hashing the bytes read; `progress` shows a bar when tqdm is installed.
+    hashing the bytes read; `progress` shows a progress bar (tqdm).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")

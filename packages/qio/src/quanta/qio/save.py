@@ -8,16 +8,18 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub import StateDictSplit, split_state_dict_into_shards_factory
 from torch import nn
 
 from quanta.qio.atomic import atomic_write
 from quanta.qio.checkpoint import CONFIG_KEY
 from quanta.qio.config import QuantizationConfig, quantization_config
-from quanta.qio.files import INDEX_FILE, SHARD_NAME, SINGLE_FILE, shard_name
+from quanta.qio.files import INDEX_FILE, SHARD_NAME, SHARD_PATTERN, SINGLE_FILE
 from quanta.qio.safetensors_format import DTYPE_NAMES, write_safetensors
 from quanta.qmodules import QModuleMixin
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+# Sizes parsed by hand: huggingface_hub's parser is private and reads neither GiB nor bare bytes.
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -49,8 +51,7 @@ def save(
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"path must be a folder, {directory} is a file")
     directory.mkdir(parents=True, exist_ok=True)
-    shards = _plan_shards(state, max_bytes)
-    written = _write_shards(directory, shards, metadata)
+    written = _write_shards(directory, state, _plan_shards(state, max_bytes), metadata)
     _remove_stale(directory, written)
     return directory
 
@@ -107,36 +108,40 @@ def _deduplicated(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return unique, aliases
 
 
-def _plan_shards(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if max_bytes is not None and shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    return shards
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
-def _write_shards(directory: Path, shards: list[dict], metadata: dict[str, str]) -> set[str]:
-    if len(shards) == 1:
-        write_safetensors(directory / SINGLE_FILE, shards[0], metadata)
-        return {SINGLE_FILE}
-    names = [shard_name(number, len(shards)) for number in range(1, len(shards) + 1)]
-    for name, tensors in zip(names, shards, strict=True):
-        write_safetensors(directory / name, tensors, metadata)
-    total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
+def _plan_shards(state: dict[str, torch.Tensor], max_bytes: int | None) -> StateDictSplit:
+    """The files and their keys: shards filled in key order, as Transformers splits them."""
+    if not state:  # huggingface_hub plans no file at all for an empty state
+        return StateDictSplit(
+            metadata={"total_size": 0}, filename_to_tensors={SINGLE_FILE: []}, tensor_to_filename={}
+        )
+    # no limit (None): one shard as large as the whole state
+    limit = sum(map(_nbytes, state.values())) if max_bytes is None else max_bytes
+    return split_state_dict_into_shards_factory(
+        state,
+        get_storage_size=_nbytes,  # the tensor's bytes, not its whole storage's (a view's)
+        filename_pattern=SHARD_PATTERN,
+        max_shard_size=limit,
+    )
+
+
+def _write_shards(
+    directory: Path, state: dict[str, torch.Tensor], split: StateDictSplit, metadata: dict
+) -> set[str]:
+    for name, keys in split.filename_to_tensors.items():
+        write_safetensors(directory / name, {key: state[key] for key in keys}, metadata)
+    if not split.is_sharded:
+        return set(split.filename_to_tensors)
     index = {
-        "metadata": {"total_size": total, CONFIG_KEY: metadata[CONFIG_KEY]},
-        "weight_map": {
-            key: name for name, shard in zip(names, shards, strict=True) for key in shard
-        },
+        "metadata": {**split.metadata, CONFIG_KEY: metadata[CONFIG_KEY]},
+        "weight_map": split.tensor_to_filename,
     }
-    with atomic_write(directory / INDEX_FILE) as file:
-        file.write(json.dumps(index, indent=2, sort_keys=True).encode())
-    return {*names, INDEX_FILE}
+    with atomic_write(directory / INDEX_FILE) as temporary:
+        temporary.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
+    return {*split.filename_to_tensors, INDEX_FILE}
 
 
 def _remove_stale(directory: Path, written: set[str]) -> None:
