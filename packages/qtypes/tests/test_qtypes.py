@@ -5,6 +5,7 @@ from quanta.qtypes import (
     PACKED_AFFINE,
     SYMMETRIC,
     absmax_scale,
+    least_error_candidate,
     minmax_affine_params,
     qfloat8,
     qfloat8_e4m3fn,
@@ -141,3 +142,30 @@ def test_float8_symmetric_scale_never_loses_to_absmax_and_never_clips(qtype):
 def test_int8_symmetric_scale_is_the_absmax_scale():
     x = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
     assert torch.equal(symmetric_scale(x, qint8), absmax_scale(x, qint8))
+
+
+def test_least_error_candidate_keeps_per_slice_the_first_least_error():
+    candidates = [torch.tensor([0.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 1.0]),
+                  torch.tensor([2.0, 2.0, 2.0])]  # fmt: skip
+    errors = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 5.0]),
+              torch.tensor([2.0, 0.5, 1.0])]  # fmt: skip
+    best = least_error_candidate(zip(candidates, errors, strict=True))
+    assert torch.equal(best, torch.tensor([1.0, 2.0, 2.0]))
+
+
+def test_least_error_candidate_keeps_tuples_together_and_can_stop_without_gain():
+    pairs = [
+        ((torch.tensor([0.0, 0.0]), torch.tensor([10.0, 10.0])), torch.tensor([2.0, 2.0])),
+        ((torch.tensor([1.0, 1.0]), torch.tensor([11.0, 11.0])), torch.tensor([1.0, 3.0])),
+        ((torch.tensor([2.0, 2.0]), torch.tensor([12.0, 12.0])), torch.tensor([4.0, 4.0])),
+        ((torch.tensor([3.0, 3.0]), torch.tensor([13.0, 13.0])), torch.tensor([0.0, 0.0])),
+    ]
+    scale, zero = least_error_candidate(pairs)
+    assert torch.equal(scale, torch.tensor([3.0, 3.0])) and torch.equal(zero, scale + 10)
+    scale, zero = least_error_candidate(pairs, stop_without_gain=True)  # stops at the third
+    assert torch.equal(scale, torch.tensor([1.0, 0.0])) and torch.equal(zero, scale + 10)
+
+
+def test_least_error_candidate_needs_a_candidate():
+    with pytest.raises(ValueError, match="at least one candidate"):
+        least_error_candidate([])

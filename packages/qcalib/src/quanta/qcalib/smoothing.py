@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quanta.qcalib.batches import run_batches
 from quanta.qmodules import QLinear, float_activations
 
 # keeps s away from 0 and inf for channels that never fire (or columns of zeros)
@@ -55,11 +56,8 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.M
 
     handles = [module.register_forward_pre_hook(record) for module in modules]
     try:
-        count = 0
         with float_activations():  # measure float activations: no quantization while running
-            for batch in batches:
-                _run(model, batch)
-                count += 1
+            count = run_batches(model, batches)
     finally:
         for handle in handles:
             handle.remove()
@@ -73,12 +71,3 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.M
         factors = input_max.pow(alpha) / weight_max.pow(1 - alpha)
         module.smooth_input(factors.clamp(min=MIN_RANGE))
     return model
-
-
-def _run(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)

@@ -14,7 +14,12 @@ from quanta.qtypes.qtype import (
     qtype_names,
     to_qtype,
 )
-from quanta.qtypes.scales import absmax_scale, minmax_affine_params, symmetric_scale
+from quanta.qtypes.scales import (
+    absmax_scale,
+    least_error_candidate,
+    minmax_affine_params,
+    symmetric_scale,
+)
 
 __version__ = "0.1.0"
 
@@ -23,6 +28,7 @@ __all__ = [
     "SYMMETRIC",
     "QType",
     "absmax_scale",
+    "least_error_candidate",
     "minmax_affine_params",
     "qfloat8",
     "qfloat8_e4m3fn",

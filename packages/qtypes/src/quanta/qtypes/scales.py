@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
 import torch
 
 from quanta.qtypes.qtype import PACKED_AFFINE, SYMMETRIC, QType
@@ -38,19 +41,48 @@ def symmetric_scale(x: torch.Tensor, qtype: QType, axis: int | None = 0) -> torc
         return scale
     dims = _reduced_dims(x, axis)
     values = x.float()
-    best_scale, best_error = scale, None
-    for step in range(FLOAT8_SCALE_CANDIDATES):
+
+    def with_error(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         candidate = (scale.float() * 2 ** (step / FLOAT8_SCALE_CANDIDATES)).to(x.dtype)
         codes = (values / candidate.float()).clamp(qtype.qmin, qtype.qmax).to(qtype.dtype)
         error = (codes.float() * candidate.float() - values).square()
-        error = error.sum(dim=dims, keepdim=True) if dims else error
-        if best_error is None:
-            best_error = error
-            continue
+        return candidate, error.sum(dim=dims, keepdim=True) if dims else error
+
+    return least_error_candidate(map(with_error, range(FLOAT8_SCALE_CANDIDATES)))
+
+
+Candidate = TypeVar("Candidate", torch.Tensor, tuple[torch.Tensor, ...])
+
+
+def least_error_candidate(
+    candidates: Iterable[tuple[Candidate, torch.Tensor]], stop_without_gain: bool = False
+) -> Candidate:
+    """Per slice, the candidate with the least error: the search behind scale and clip choices.
+
+    `candidates` yields (candidate, error) pairs: a candidate is a tensor or a tuple of tensors
+    chosen together (a scale and its zero point), its error holds one value per slice and
+    broadcasts against them. On ties the earlier candidate is kept. With `stop_without_gain`
+    the search ends at the first candidate that is better on no slice (read on the host).
+    """
+    pairs = iter(candidates)
+    first = next(pairs, None)
+    if first is None:
+        raise ValueError("least_error_candidate needs at least one candidate")
+    best, best_error = first
+    for candidate, error in pairs:
         better = error < best_error
-        best_scale = torch.where(better, candidate, best_scale)
+        if stop_without_gain and not bool(better.any()):
+            break
+        best = _where(better, candidate, best)
         best_error = torch.where(better, error, best_error)
-    return best_scale
+    return best
+
+
+def _where(better: torch.Tensor, candidate: Candidate, best: Candidate) -> Candidate:
+    """`candidate` where `better`, else `best`, tensor by tensor."""
+    if isinstance(candidate, torch.Tensor):
+        return torch.where(better, candidate, best)
+    return tuple(torch.where(better, new, old) for new, old in zip(candidate, best, strict=True))
 
 
 def minmax_affine_params(

@@ -20,7 +20,7 @@ from torch import nn
 
 from quanta.qcalib.optimizers.statistics import CalibratedOptimizer
 from quanta.qmodules import WeightParts
-from quanta.qtypes import PACKED_AFFINE, QType, minmax_affine_params
+from quanta.qtypes import PACKED_AFFINE, QType, least_error_candidate, minmax_affine_params
 
 
 @dataclass(frozen=True, repr=True, eq=False)
@@ -141,16 +141,11 @@ def _group_params(
     grouped = values.float().reshape(rows, -1, group_size)
     weights = importance.float().reshape(1, -1, group_size)
     zero = zero_point.float().unsqueeze(-1)
-    best_scale, best_error = scale, None
-    for factor in CLIP_FACTORS:
+
+    def with_error(factor: float) -> tuple[torch.Tensor, torch.Tensor]:
         candidate = (scale.float() * factor).to(scale.dtype)
         step = candidate.float().unsqueeze(-1)
         codes = torch.round(grouped / step + zero).clamp(0, qtype.qmax)
-        error = (((codes - zero) * step - grouped).square() * weights).sum(-1)
-        if best_error is None:
-            best_error = error
-            continue
-        better = error < best_error
-        best_scale = torch.where(better, candidate, best_scale)
-        best_error = torch.where(better, error, best_error)
-    return best_scale, zero_point
+        return candidate, (((codes - zero) * step - grouped).square() * weights).sum(-1)
+
+    return least_error_candidate(map(with_error, CLIP_FACTORS)), zero_point

@@ -10,6 +10,7 @@ worse than min-max on that measure.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from quanta.qcalib.optimizers.statistics import CalibratedOptimizer, column_importance
 from quanta.qmodules import WeightParts
-from quanta.qtypes import PACKED_AFFINE, QType
+from quanta.qtypes import PACKED_AFFINE, QType, least_error_candidate
 
 
 @dataclass(frozen=True, repr=True, eq=False)
@@ -106,12 +107,29 @@ def hqq_params(
     """
     if importance is None:
         importance = torch.ones_like(groups[:1])
+    rounds = _rounds(groups, qmax, lp_norm, beta, kappa, iterations, refine_scale, importance)
+    # as in HQQ: stop once an iteration improves nothing
+    best_scale, best_zero = least_error_candidate(rounds, stop_without_gain=True)
+    return best_scale.squeeze(-1), best_zero.squeeze(-1)
+
+
+def _rounds(
+    groups: torch.Tensor,
+    qmax: int,
+    lp_norm: float,
+    beta: float,
+    kappa: float,
+    iterations: int,
+    refine_scale: bool,
+    importance: torch.Tensor,
+) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The min-max (scale, zero), then each half-quadratic round's, with its error per group."""
     low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
     extent = high - low
     scale = torch.where(extent > 0, extent / qmax, torch.ones_like(extent))
     zero = -low / scale
-    codes, best_error = _error(groups, scale, zero, qmax, importance)
-    best_scale, best_zero = scale, zero
+    codes, error = _error(groups, scale, zero, qmax, importance)
+    yield (scale, zero), error
     for _ in range(iterations):
         sparse_error = _shrink(groups - (codes - zero) * scale, beta, lp_norm)
         target = groups - sparse_error  # what the codes should represent
@@ -129,10 +147,4 @@ def hqq_params(
             zero = _mean(codes - target / scale, importance)
         beta *= kappa
         codes, error = _error(groups, scale, zero, qmax, importance)
-        better = error < best_error
-        if not bool(better.any()):  # as in HQQ: stop once an iteration improves nothing
-            break
-        best_scale = torch.where(better, scale, best_scale)
-        best_zero = torch.where(better, zero, best_zero)
-        best_error = torch.where(better, error, best_error)
-    return best_scale.squeeze(-1), best_zero.squeeze(-1)
+        yield (scale, zero), error

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from quanta.qcalib.batches import run_batches
 from quanta.qmodules import QModuleMixin, WeightOptimizer, freeze
 
 
@@ -135,16 +137,6 @@ def _calibrated_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _progress(iterable: Iterable, total: int | None, description: str, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar without it
-        return iterable
-    return tqdm(iterable, total=total, desc=description, leave=False)
-
-
 @torch.no_grad()
 def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> nn.Module:
     """Run `batches` through `model` to collect the inputs of the modules whose weight optimizer
@@ -165,21 +157,14 @@ def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = 
     for name, module in served:  # Linear only, checked before any forward pass
         if module.qconfig.optimizer.requires_statistics and not isinstance(module, nn.Linear):
             module.qconfig.optimizer.check_ready(module, name)
-    total = len(batches) if hasattr(batches, "__len__") else None
     with contextlib.ExitStack() as stack:
         for optimizer in optimizers.values():
             stack.enter_context(optimizer.collect(model))
-        for batch in _progress(batches, total, "calibration batches", progress):
-            if isinstance(batch, dict):
-                model(**batch)
-            elif isinstance(batch, (tuple, list)):
-                model(*batch)
-            else:
-                model(batch)
+        run_batches(model, batches, progress)
     _last_gram.update(tensor=None, version=None, gram=None)
     for name, module in served:  # every module is checked before any is changed
         module.qconfig.optimizer.check_ready(module, name)
-    for _, module in _progress(served, len(served), "optimizing weights", progress):
+    for _, module in tqdm(served, desc="optimizing weights", leave=False, disable=not progress):
         optimizer = module.qconfig.optimizer
         freeze(module)
         optimizer.release(module)
