@@ -17,6 +17,8 @@ class QuantaQuantizerMixin:
 
     quantization_config: QuantaSettings
     requires_calibration = False
+    is_trainable = True  # QAT and PEFT adapters train through quantized layers
+    is_compileable = True
 
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
         """Refuse a device_map whose offload cannot be served quantized (see check_device_map);
@@ -36,10 +38,3 @@ class QuantaQuantizerMixin:
         """Write the per-module config of `model` into the quantization config (saved with it)."""
         self.quantization_config.modules = quantization_config(model).to_json()
 
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
