@@ -81,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         dest="cache",
         type=Path,
+        metavar="DIR",
         default=None,
         help="where converted models are cached (default: $QUANTA_CACHE or ~/.cache/quanta)",
     )
     parser.add_argument(
         "--output",
         type=Path,
+        metavar="DIR",
         default=None,
         help="keep the quantized checkpoints here, one folder per row (default: a temporary one)",
     )
