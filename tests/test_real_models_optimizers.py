@@ -30,7 +30,8 @@ MAX_INCREASE_FRACTION = 0.5
 
 @pytest.fixture(scope="module")
 def calibration_batches(smollm2) -> list[torch.Tensor]:
-    from quanta.qintegrations.demo import data, metrics
+    from demo import data
+    from quanta.qintegrations import metrics
 
     _, tokenizer = smollm2
     needed = LEE_TOKENS + CALIBRATION_WINDOWS * WINDOW
@@ -42,7 +43,7 @@ def calibration_batches(smollm2) -> list[torch.Tensor]:
 
 
 def optimized_perplexity(smollm2, lee_token_ids, batches, weights, optimizer) -> float:
-    from quanta.qintegrations.demo import metrics
+    from quanta.qintegrations import metrics
 
     model, tokenizer = smollm2
     qmodel = quantize(copy.deepcopy(model), weights, exclude="lm_head", optimizer=optimizer)

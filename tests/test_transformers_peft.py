@@ -56,7 +56,7 @@ def test_lora_trains_on_an_int4_tiny_llama(tmp_path):
 
 @pytest.mark.slow
 def test_lora_trains_on_int4_smollm2(smollm2, lee_calibration_batches):
-    from quanta.qintegrations.demo import models
+    from demo import models
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
         models.cache_dir() / models.SMOLLM2_CACHE_NAME,

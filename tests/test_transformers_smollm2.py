@@ -19,7 +19,7 @@ NO_KEY_PROBLEMS = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_
 @pytest.fixture(scope="module")
 def smollm2_dir(smollm2):
     """The demo's fp32 cache of SmolLM2: a plain safetensors folder (config.json, tokenizer)."""
-    from quanta.qintegrations.demo import models
+    from demo import models
 
     return models.cache_dir() / models.SMOLLM2_CACHE_NAME
 

@@ -1,4 +1,4 @@
-"""The demo's accuracy metrics on tiny synthetic models with known answers."""
+"""quanta.qintegrations.metrics (`quanta eval`, the demo) on tiny models with known answers."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from quanta.qintegrations.demo import metrics
+from quanta.qintegrations import metrics
 
 VOCAB = 37
 

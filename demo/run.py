@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from quanta.qintegrations.demo import data, metrics, models
-from quanta.qintegrations.demo.deps import require
+from demo import data, models
+from quanta.qintegrations import metrics
 from quanta.qio import load, meta_skeleton, save
 from quanta.qmodules import freeze, quantize, weight_memory
 
@@ -98,9 +99,6 @@ def quantized_copy(
         name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
     ]
     qmodel = copy.deepcopy(model)
-    require("tqdm")
-    from tqdm.auto import tqdm
-
     with tqdm(
         total=len(layer_names) + 1, desc=f"quantize {weights}", leave=False, disable=not progress
     ) as bar:

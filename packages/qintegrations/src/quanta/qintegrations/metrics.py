@@ -1,6 +1,7 @@
 """Accuracy metrics of a quantized model against its fp32 original; torch only.
 
-The demo and the end-to-end tests both use these, so their numbers are the same numbers.
+`quanta eval`, the repository's demo and its end-to-end tests all use these, so their numbers
+are the same numbers.
 """
 
 from __future__ import annotations

