@@ -7,7 +7,7 @@ import quanta.qintegrations
 
 
 def test_version():
-    assert quanta.qintegrations.__version__ == "0.1.0"
+    assert quanta.qintegrations.__version__ == "0.2.0"
 
 
 def test_cli_import_is_light():

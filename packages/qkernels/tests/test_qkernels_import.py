@@ -37,7 +37,7 @@ def test_native_cpu_kernels_are_registered():
 
 
 def test_public_api():
-    assert quanta.qkernels.__version__ == "0.1.0"
+    assert quanta.qkernels.__version__ == "0.2.0"
     assert set(quanta.qkernels.__all__) == {"OPS", "__version__", "cpu_isa", "reference"}
 
 

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "QType": "quanta.qtypes",

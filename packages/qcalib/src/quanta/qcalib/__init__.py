@@ -9,7 +9,7 @@ from quanta.qmodules import register_weight_optimizer
 register_weight_optimizer("hqq", HQQ)  # quantize(..., optimizer="hqq") once qcalib is imported
 register_weight_optimizer("gptq", GPTQ)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__: list[str] = [
     "GPTQ",

@@ -4,7 +4,7 @@ import importlib
 
 from quanta.qintegrations.post_import import when_imported
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]
 

@@ -7,10 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Kept here rather than imported from the library, so that `quanta --help` and argument errors
-# answer at once, without importing torch and transformers.
-ACTIVATION_MODES = ("static", "dynamic")
-
 
 def _positive(value: str) -> int:
     number = int(value)
@@ -55,9 +51,10 @@ def _add_quantize(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--activations", default=None, help="8-bit activation qtype (int8, ...)")
     command.add_argument(
         "--activations-mode",
-        choices=ACTIVATION_MODES,
         default="static",
-        help="static scales (calibrated) or per-token dynamic ones (default: %(default)s)",
+        metavar="MODE",
+        # the allowed values are checked by quanta.qmodules.ModuleConfig, their one home
+        help="static (calibrated scales) or dynamic (per-token scales) (default: %(default)s)",
     )
     command.add_argument(
         "--exclude",
@@ -112,24 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quantize(args: argparse.Namespace) -> int:
     from quanta.qintegrations import commands
+    from quanta.qintegrations.transformers import QuantaConfig
 
-    request = commands.QuantizeRequest(
-        model_dir=args.model_dir,
-        output=args.output,
-        weights=args.weights,
-        activations=args.activations,
-        activations_mode=args.activations_mode,
-        exclude=args.exclude,
-        group_size=args.group_size,
-        calibration_text=args.calibration_text,
-        calibration_tokens=args.calibration_tokens,
-    )
     try:
-        config = commands.quanta_config(request)
+        config = QuantaConfig(
+            weights=args.weights,
+            activations=args.activations,
+            activations_mode=args.activations_mode,
+            group_size=args.group_size,
+            modules_to_not_convert=args.exclude,
+        )
+        request = commands.QuantizeRequest(
+            args.model_dir, args.output, config, args.calibration_text, args.calibration_tokens
+        )
     except (TypeError, ValueError) as error:
         print(f"quanta quantize: error: {error}", file=sys.stderr)
         return 2
-    commands.quantize_folder(request, config)
+    commands.quantize_folder(request)
     print("\n".join([f"saved to {args.output}", *commands.folder_info(args.output).lines()]))
     return 0
 

@@ -33,39 +33,28 @@ SAFETENSORS_ITEMSIZE = {
 
 @dataclass(frozen=True)
 class QuantizeRequest:
-    """What `quanta quantize` was asked to do."""
+    """What `quanta quantize` was asked to do: its QuantaConfig (checked when it was built) and
+    the calibration text that static activation scales need."""
 
     model_dir: Path
     output: Path
-    weights: str
-    activations: str | None
-    activations_mode: str
-    exclude: list[str] | None
-    group_size: int | None
+    config: QuantaConfig
     calibration_text: Path | None
     calibration_tokens: int
 
-
-def quanta_config(request: QuantizeRequest) -> QuantaConfig:
-    """The QuantaConfig of a request; a bad qtype or pattern raises ValueError or TypeError."""
-    static = request.activations is not None and request.activations_mode == "static"
-    if static and request.calibration_text is None:
-        raise ValueError(
-            "static activation scales need --calibration-text FILE "
-            "(or use --activations-mode dynamic)"
-        )
-    if request.calibration_text is not None and not static:
-        raise ValueError("--calibration-text calibrates static activations: add --activations")
-    return QuantaConfig(
-        weights=request.weights,
-        activations=request.activations,
-        activations_mode=request.activations_mode,
-        group_size=request.group_size,
-        modules_to_not_convert=request.exclude,
-    )
+    def __post_init__(self) -> None:
+        defaults = self.config.default_module_config()
+        static = defaults.activations is not None and defaults.activations_mode == "static"
+        if static and self.calibration_text is None:
+            raise ValueError(
+                "static activation scales need --calibration-text FILE "
+                "(or use --activations-mode dynamic)"
+            )
+        if self.calibration_text is not None and not static:
+            raise ValueError("--calibration-text calibrates static activations: add --activations")
 
 
-def quantize_folder(request: QuantizeRequest, config: QuantaConfig) -> None:
+def quantize_folder(request: QuantizeRequest) -> None:
     """Quantize the model in `model_dir` while loading it, calibrate, and save it to `output`."""
     steps = ["load and quantize", "calibrate", "save"]
     if request.calibration_text is None:
@@ -73,7 +62,10 @@ def quantize_folder(request: QuantizeRequest, config: QuantaConfig) -> None:
     with tqdm(total=len(steps), desc="quanta quantize", unit="step") as bar:
         bar.set_postfix_str(steps[0])
         model = AutoModelForCausalLM.from_pretrained(
-            request.model_dir, quantization_config=config, dtype="auto", local_files_only=True
+            request.model_dir,
+            quantization_config=request.config,
+            dtype="auto",
+            local_files_only=True,
         ).eval()
         tokenizer = _tokenizer(request.model_dir)
         bar.update()

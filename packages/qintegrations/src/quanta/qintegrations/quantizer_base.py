@@ -37,4 +37,3 @@ class QuantaQuantizerMixin:
     def record_module_configs(self, model: nn.Module) -> None:
         """Write the per-module config of `model` into the quantization config (saved with it)."""
         self.quantization_config.modules = quantization_config(model).to_json()
-

@@ -19,7 +19,7 @@ from quanta.qio.expected import meta_skeleton
 from quanta.qio.load import load
 from quanta.qio.save import save
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CONFIG_KEY",

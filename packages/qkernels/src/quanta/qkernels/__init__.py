@@ -11,7 +11,7 @@ import importlib.util
 
 import torch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Every op of the library, as ``torch.ops.quanta.<name>``.
 OPS = (

@@ -36,7 +36,7 @@ from quanta.qmodules.tensors import (
     stored_part_names,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATION_MODES",

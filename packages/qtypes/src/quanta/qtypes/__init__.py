@@ -21,7 +21,7 @@ from quanta.qtypes.scales import (
     symmetric_scale,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PACKED_AFFINE",
