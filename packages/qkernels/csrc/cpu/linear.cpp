@@ -265,8 +265,9 @@ Tensor linear_affine_cpu(
 
 // The exact int32 product of int8 input2d [m, k] and codes [n, k]: for a few rows on
 // AVX512-VNNI by the decode kernel (int8_decode: each weight row streamed once), as acc [m, n];
-// else by aten::_int_mm as codes @ input2dᵀ, acc [n, m] (transposed): with the weight as the
-// first operand oneDNN reads it as stored, where as the second it makes a reordered copy.
+// else by aten::_int_mm (or in float64, see int8_product_in_float64) as codes @ input2dᵀ, acc
+// [n, m] (transposed): with the weight as the first operand oneDNN reads it as stored, where as
+// the second it makes a reordered copy.
 struct Int8Product {
   Tensor acc;
   bool transposed;
@@ -291,6 +292,12 @@ Int8Product int8_product(const Tensor& input2d, const Tensor& codes) {
   }
 #endif
   const Tensor input_t = torch::stable::transpose(input2d, 0, 1);
+  if (int8_product_in_float64(active_isa())) {
+    const Tensor codes64 = torch::stable::to(codes, ScalarType::Double);
+    const Tensor input64 = torch::stable::to(input_t, ScalarType::Double);
+    const Tensor acc64 = call_op<2>("aten::mm", "", {box(codes64), box(input64)});
+    return {torch::stable::to(acc64, ScalarType::Int), true};
+  }
   return {call_op<2>("aten::_int_mm", "", {box(codes), box(input_t)}), true};
 }
 

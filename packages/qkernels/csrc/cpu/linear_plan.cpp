@@ -171,6 +171,10 @@ bool int8_decode(Isa isa, int64_t m) {
   return m <= kDecodeMaxRows && isa >= Isa::kAvx512Bf16;
 }
 
+bool int8_product_in_float64(Isa isa) {
+  return isa <= Isa::kAvx2;
+}
+
 void shift_int8(const int8_t* x, uint8_t* out, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     out[i] = static_cast<uint8_t>(x[i]) ^ 0x80;  // x + 128
