@@ -154,12 +154,18 @@ def _check_case(folder, data: bytes, state: dict, description: str) -> None:
     assert repr(model) == description
 
 
-def test_altered_files_are_refused_or_load_the_saved_model(original, tmp_path):
+# the issue's 1,200 cases take about a minute on 2 cores: slow; the default run tries the first
+# 300 of the same derandomized sequence
+@pytest.mark.parametrize(
+    "examples",
+    [pytest.param(CASES, marks=pytest.mark.slow, id="all"), pytest.param(300, id="subset")],
+)
+def test_altered_files_are_refused_or_load_the_saved_model(original, tmp_path, examples):
     data, state, description = original
     cases = 0
 
     @settings(
-        max_examples=CASES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -179,4 +185,4 @@ def test_altered_files_are_refused_or_load_the_saved_model(original, tmp_path):
     start = time.perf_counter()
     case()
     print(f"fuzz: {cases} altered files in {time.perf_counter() - start:.1f} s")
-    assert cases >= 1000
+    assert cases >= examples * 5 // 6  # issue #4: at least 1,000 of the 1,200 (a few repeat)
