@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from quanta.qmodules.optimizers import WeightOptimizer, to_weight_optimizer
+from quanta.qmodules.optimizers import WeightOptimizer, check_supports, to_weight_optimizer
 from quanta.qmodules.tensors import layout_for
 from quanta.qtypes import QType, to_qtype
 
@@ -98,12 +98,7 @@ class ModuleConfig:
         qtype, and the settings that mean nothing for the module cleared, so that the config
         reads back from `to_dict` as it was."""
         optimizer = to_weight_optimizer(self.optimizer) if self.weights is not None else None
-        if optimizer is not None and not optimizer.supports(self.weights):
-            raise ValueError(
-                f"optimizer {optimizer.name or optimizer!r} does not support {self.weights} "
-                f"weights (module {module_name!r}); use 'absmax' for 8-bit and 'minmax', 'hqq' "
-                "or 'gptq' for 2/4-bit weights, or an override per module"
-            )
+        check_supports(optimizer, self.weights, module_name)
         grouped = self.weights is not None and layout_for(self.weights).grouped
         group_size = self.group_size if grouped else None
         if grouped and group_size is None:
