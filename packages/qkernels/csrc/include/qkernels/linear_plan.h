@@ -80,9 +80,9 @@ AmxPlan plan_amx(int64_t m, const WeightView& weight);
 bool int8_decode(Isa isa, int64_t m);
 
 // Whether the int32 product of int8 operands is summed in float64 (aten::mm) rather than by
-// aten::_int_mm: on processors without int8 dot products _int_mm runs a generic loop (measured
-// on an AVX2 AMD EPYC, 2 threads, 513 x 576 x 1536: 417 ms, float64 mm 41 ms). Exact: every
-// partial sum of int8 products is an integer far below 2^53.
+// aten::_int_mm: on processors without int8 dot products _int_mm runs a generic loop (W8A8
+// 512 x 576 x 1536 on an AVX2 AMD EPYC, 2 threads: 234 ms through _int_mm, 20 ms in float64;
+// bench/RESULTS.md). Exact: every partial sum of int8 products is an integer far below 2^53.
 bool int8_product_in_float64(Isa isa);
 
 // out[i] = x[i] + 128 as an unsigned byte (Int8DecodeProblem::x).
