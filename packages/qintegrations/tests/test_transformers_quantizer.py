@@ -111,6 +111,19 @@ def test_modules_to_not_convert_and_overrides(tiny_llama_dir):
     assert isinstance(model.lm_head, QModuleMixin)  # patterns given: no default exclusions
 
 
+def test_patterns_that_match_no_module_are_a_warning(tiny_llama_dir):
+    config = QuantaConfig(
+        weights="int4",
+        modules_to_not_convert=["*.o_proj", "gate_projj"],
+        overrides={"*.mlpp.*": {"weights": "int8"}},
+    )
+    with pytest.warns(UserWarning, match=r"\['gate_projj', '\*.mlpp.\*'\] match no"):
+        model = _load(tiny_llama_dir, quantization_config=config)
+    layer = model.model.layers[0]
+    assert not isinstance(layer.self_attn.o_proj, QModuleMixin)  # the matching pattern served
+    assert layer.mlp.gate_proj.qconfig.weights.name == "qint4"
+
+
 def _save_reload_resave(model, token_ids, tmp_path, **load_kwargs):
     """save_pretrained, reload without a config, save the reload: every step, the same logits."""
     expected = _logits(model, token_ids)

@@ -54,9 +54,15 @@ def test_a_quantized_module_returns_its_resolved_config():
     config = model[0].qconfig
     assert (config.weights, config.group_size, config.activations) == (qint4, 64, qint8)
     assert config.output_quantized and not config.float_zero_point
-    weight_only = quantize(mlp(), weights="int8", group_size=32, activations_mode="dynamic")
+    weight_only = quantize(mlp(), weights="int8", activations_mode="dynamic")
     # settings that mean nothing for a module are cleared: it reads back as it is stored
     assert weight_only[0].qconfig == ModuleConfig(weights=qint8, output_quantized=False)
+
+
+@pytest.mark.parametrize("weights", ["int8", "fp8"])
+def test_group_size_is_refused_for_weights_without_groups(weights):
+    with pytest.raises(ValueError, match="group_size=32 applies to 2/4-bit weights only"):
+        quantize(mlp(), weights=weights, group_size=32)
 
 
 def test_the_module_keeps_its_config_up_to_date():
@@ -102,6 +108,9 @@ def test_overrides_take_a_module_config_or_a_dict_of_its_fields():
     assert model[0].qconfig.weights is qint8 and model[0].qconfig.group_size is None
     # a dict merges its fields over the defaults: the default group size stays
     assert model[2].qconfig.weights.name == "qint2" and model[2].qconfig.group_size == 32
+    # ...unless its weights have no groups (8-bit): then the default group size is dropped
+    model = quantize(mlp(), weights="int4", group_size=32, overrides={"2": {"weights": "int8"}})
+    assert model[2].qconfig.weights is qint8 and model[2].qconfig.group_size is None
     with pytest.raises(ValueError, match=r"overrides\['2'\].*weights"):
         quantize(mlp(), overrides={"2": {"weights": "int5"}})
     with pytest.raises(TypeError, match="ModuleConfig or a dict"):

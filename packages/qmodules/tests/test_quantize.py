@@ -117,10 +117,28 @@ def test_conv_group_size_counts_channels_per_group_times_kernel():
         quantize(nn.Conv2d(8, 16, 3, groups=2), weights="int4", group_size=32)
 
 
-def test_already_quantized_modules_are_left_alone():
+def test_requantizing_with_other_settings_raises_and_the_same_settings_are_kept():
     model = quantize(block(), weights="int4")
-    quantize(model, weights="int8")
+    with pytest.raises(ValueError, match=r"'attention' is already quantized.*exclude"):
+        quantize(model, weights="int8")
     assert model.attention.qconfig.weights is qint4
+    freeze(quantize(model, weights="int4"))  # the same settings again: nothing to change
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(model, weights="int4", group_size=32)
+    # the rest of the model, by excluding what is quantized: allowed
+    staged = quantize(block(), weights="int4", include="mlp.*")
+    quantize(staged, weights="int8", exclude="mlp.*")
+    assert staged.mlp[0].qconfig.weights is qint4 and staged.attention.qconfig.weights is qint8
+
+
+@pytest.mark.parametrize("argument", ["include", "exclude", "overrides"])
+def test_a_pattern_that_matches_no_module_is_refused(argument):
+    value = {"lm_hed": {"weights": "int8"}} if argument == "overrides" else ["mlp.*", "lm_hed"]
+    with pytest.raises(ValueError, match=f"{argument} pattern 'lm_hed' matches no"):
+        quantize(block(), weights="int4", **{argument: value})
+    # a container's name matches no quantizable module: its children need 'mlp.*'
+    with pytest.raises(ValueError, match="'mlp' matches no"):
+        quantize(block(), weights="int4", exclude="mlp")
 
 
 INVALID_ARGUMENTS = [

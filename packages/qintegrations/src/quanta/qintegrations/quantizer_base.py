@@ -8,7 +8,6 @@ from torch import nn
 
 from quanta.qintegrations.settings import QuantaSettings, check_device_map
 from quanta.qio import apply_quantization_config, quantization_config
-from quanta.qmodules import quantize
 
 
 class QuantaQuantizerMixin:
@@ -32,7 +31,7 @@ class QuantaQuantizerMixin:
         if config.modules is not None:
             apply_quantization_config(model, config.saved_config())
         else:
-            quantize(model, **config.quantize_arguments(exclude=exclude))
+            config.quantize_model(model, exclude)
 
     def record_module_configs(self, model: nn.Module) -> None:
         """Write the per-module config of `model` into the quantization config (saved with it)."""

@@ -6,10 +6,13 @@ config mixin (`transformers.QuantaConfig`, `diffusers.QuantaConfig`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
+from torch import nn
+
 from quanta.qio import QuantizationConfig
-from quanta.qmodules import ModuleConfig, to_module_config
+from quanta.qmodules import ModuleConfig, quantize, to_module_config, unmatched_patterns
 
 QUANT_METHOD = "quanta"
 # Optimizers that need statistics gathered before freeze cannot run while the weights load.
@@ -110,17 +113,33 @@ class QuantaSettings:
                 raise TypeError(f"overrides keys must be str patterns, got {pattern!r}")
             to_module_config(override, f"overrides[{pattern!r}]").resolved()
 
-    def quantize_arguments(self, exclude: list[str] | None = None) -> dict[str, Any]:
-        """The keyword arguments of `quanta.quantize` this config stands for."""
-        return {
-            "weights": self.weights,
-            "activations": self.activations,
-            "activations_mode": self.activations_mode,
-            "group_size": self.group_size,
-            "exclude": exclude,
-            "optimizer": self.optimizer,
-            "overrides": self.overrides,
-        }
+    def quantize_model(self, model: nn.Module, exclude: list[str]) -> None:
+        """`quanta.quantize` of `model` with these settings and the `exclude` patterns.
+
+        Patterns that match no module are dropped, as Transformers does: those the user wrote
+        (`modules_to_not_convert`, `overrides`) with a warning, the library's own silently.
+        """
+        overrides = self.overrides or {}
+        unmatched = set(unmatched_patterns(model, [*exclude, *overrides]))
+        written = [*(self.modules_to_not_convert or ()), *overrides]
+        ignored = [pattern for pattern in written if pattern in unmatched]
+        if ignored:
+            warnings.warn(
+                f"{type(self).__name__}: the patterns {ignored} match no Linear, Conv2d or "
+                f"LayerNorm module of {type(model).__name__} and change nothing (fnmatch on "
+                "qualified names such as 'model.layers.0.mlp.up_proj')",
+                stacklevel=3,
+            )
+        quantize(
+            model,
+            weights=self.weights,
+            activations=self.activations,
+            activations_mode=self.activations_mode,
+            group_size=self.group_size,
+            exclude=[pattern for pattern in exclude if pattern not in unmatched],
+            optimizer=self.optimizer,
+            overrides={p: o for p, o in overrides.items() if p not in unmatched},
+        )
 
     def saved_config(self) -> QuantizationConfig:
         """The saved per-module config (raises if this config was never saved)."""

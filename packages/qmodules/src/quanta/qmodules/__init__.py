@@ -22,7 +22,7 @@ from quanta.qmodules.optimizers import (
     register_weight_optimizer,
     to_weight_optimizer,
 )
-from quanta.qmodules.quantize import quantize
+from quanta.qmodules.quantize import quantize, unmatched_patterns
 from quanta.qmodules.tensors import (
     PartSpec,
     QActivationTensor,
@@ -70,5 +70,6 @@ __all__ = [
     "stored_part_names",
     "to_module_config",
     "to_weight_optimizer",
+    "unmatched_patterns",
     "weight_memory",
 ]

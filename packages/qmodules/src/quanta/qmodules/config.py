@@ -28,7 +28,8 @@ class ModuleConfig:
 
     weights: the weight qtype (a QType or its name), None to leave the weight float.
     group_size: columns per scale for grouped layouts (2/4-bit); None: 128, 64 or 32, whichever
-        divides K, at quantize(). Ignored (None) for layouts without groups (8-bit).
+        divides K, at quantize(). Refused for weights without groups (8-bit: one scale per
+        output channel).
     optimizer: chooses the stored weights at freeze: a WeightOptimizer or a registered name
         ("hqq", "gptq"...); None is the layout's default rule. A config read from a checkpoint
         holds the name that was saved.
@@ -68,6 +69,11 @@ class ModuleConfig:
         if not (optimizer is None or isinstance(optimizer, (WeightOptimizer, str))):
             raise TypeError(
                 f"optimizer must be None, a WeightOptimizer or an optimizer name, got {optimizer!r}"
+            )
+        if self.group_size is not None and weights is not None and not layout_for(weights).grouped:
+            raise ValueError(
+                f"group_size={self.group_size} applies to 2/4-bit weights only; {weights} weights "
+                "have one scale per output channel: leave group_size None"
             )
         for name in ("output_quantized", "float_zero_point", "input_smoothing"):
             if not isinstance(getattr(self, name), bool):

@@ -7,11 +7,13 @@ from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 from torch import nn
 
 from quanta.qmodules.config import ModuleConfig, to_module_config
 from quanta.qmodules.modules import QModuleMixin, apply_module_config, quantized_base_for
 from quanta.qmodules.optimizers import WeightOptimizer
+from quanta.qmodules.tensors import layout_for
 from quanta.qtypes import QType, qint8
 
 
@@ -33,11 +35,15 @@ def quantize(
     ModuleConfig, which replaces the config of the modules it matches, or to a dict of some of
     its fields ("weights", "group_size", "optimizer", "activations", "activations_mode"), merged
     over it; in dict order (weights=None leaves the module float, activations=None its
-    activations). `group_size` applies to 2/4-bit weights; the default is 128, 64 or 32,
-    whichever divides K first, else one group per row. `optimizer` (a WeightOptimizer or a name:
-    "absmax", "minmax", "hqq", "gptq"; None is the default rule) chooses the stored weights at
-    freeze; one that does not support a module's qtype is a ValueError. Every argument is
-    validated before the model is touched.
+    activations). Every `include`, `exclude` and `overrides` pattern must match at least one
+    module quantize() handles (ValueError otherwise: a pattern that matches nothing is a typo).
+    A module already quantized is left as it is when the new settings are its own, and is a
+    ValueError when they differ (quantize the float model once, with `overrides` for the modules
+    that differ). `group_size` applies to 2/4-bit weights (a ValueError for 8-bit ones); the
+    default is 128, 64 or 32, whichever divides K first, else one group per row. `optimizer`
+    (a WeightOptimizer or a name: "absmax", "minmax", "hqq", "gptq"; None is the default rule)
+    chooses the stored weights at freeze; one that does not support a module's qtype is a
+    ValueError. Every argument is validated before the model is touched.
 
     `activations` (an 8-bit qtype: qint8, qfloat8_e4m3fn, qfloat8_e5m2) also quantizes the inputs
     and outputs of the quantized modules and the outputs of LayerNorms (QLayerNorm).
@@ -53,27 +59,68 @@ def quantize(
     include = _check_patterns(include, "include")
     exclude = _check_patterns(exclude, "exclude")
     overrides = _check_overrides(overrides)
+    _check_matches(model, {"include": include, "exclude": exclude, "overrides": overrides})
 
     plan = []
-    for name, module in model.named_modules():
-        base = quantized_base_for(type(module))
-        if isinstance(module, QModuleMixin) or base is None:
-            continue
+    for name, module in _candidates(model):
         if include is not None and not _matches(name, include):
             continue
         if exclude is not None and _matches(name, exclude):
             continue
+        base = quantized_base_for(type(module))
         config = _overridden(defaults, name, overrides)
         if not base.quantizes_weight:
             config = replace(config, weights=None)  # QLayerNorm: only its output is quantized
         if (config.weights if base.quantizes_weight else config.activations) is None:
-            continue  # a module whose weight stays float stays float as a whole
-        config = config.for_module(_in_size(module), name or type(module).__name__)
-        plan.append((name, module, config))
+            config = None  # a module whose weight stays float stays float as a whole
+        else:
+            config = config.for_module(_in_size(module), name or type(module).__name__)
+        if isinstance(module, QModuleMixin):
+            _check_same_settings(name, module, config)
+        elif config is not None:
+            plan.append((name, module, config))
 
     for name, module, config in plan:
         apply_module_config(module, config, name)
     return model
+
+
+def unmatched_patterns(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The fnmatch patterns that match the qualified name of no module quantize() handles
+    (a Linear, Conv2d or LayerNorm, or a subclass, float or already quantized)."""
+    names = [name for name, _ in _candidates(model)]
+    return [pattern for pattern in patterns if not any(fnmatchcase(n, pattern) for n in names)]
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules quantize() may quantize, or has quantized, with their qualified names."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, QModuleMixin) or quantized_base_for(type(module)) is not None
+    ]
+
+
+def _check_matches(model: nn.Module, patterns: dict[str, Any]) -> None:
+    for argument, given in patterns.items():
+        unmatched = unmatched_patterns(model, list(given or ()))
+        if unmatched:
+            raise ValueError(
+                f"{argument} pattern {unmatched[0]!r} matches no Linear, Conv2d or LayerNorm "
+                "module of the model (fnmatch on qualified names such as 'layers.0.mlp.fc1'; "
+                "'layers.0.*' selects the modules under 'layers.0')"
+            )
+
+
+def _check_same_settings(name: str, module: QModuleMixin, config: ModuleConfig | None) -> None:
+    """An already quantized module may only be asked for the settings it has."""
+    wanted = None if config is None else config.settings()
+    if wanted != module.qconfig.settings():
+        raise ValueError(
+            f"module {name!r} is already quantized ({module.qconfig.settings()}) and quantize() "
+            f"would change it to {wanted}: quantize a float model once, with `overrides` for "
+            "the modules that differ, or `exclude` this one"
+        )
 
 
 def _check_patterns(patterns: Any, argument: str) -> tuple[str, ...] | None:
@@ -117,8 +164,15 @@ def _overridden(
 ) -> ModuleConfig:
     """`config` with every override whose pattern matches `name` applied, in order."""
     for pattern, override in overrides.items():
-        if fnmatchcase(name, pattern):
-            config = override if isinstance(override, ModuleConfig) else replace(config, **override)
+        if not fnmatchcase(name, pattern):
+            continue
+        if isinstance(override, ModuleConfig):
+            config = override
+            continue
+        weights = override.get("weights", config.weights)
+        if "group_size" not in override and weights is not None and not layout_for(weights).grouped:
+            override = {**override, "group_size": None}  # the default group size: not for 8-bit
+        config = replace(config, **override)
     return config
 
 
@@ -127,7 +181,11 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _in_size(module: nn.Module) -> int:
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, nn.Parameter):  # a LayerNorm without affine weights
-        return 0
-    return weight.numel() // weight.shape[0] if weight.shape[0] else 0
+    """K of the module's weight (0 without one), float or already quantized."""
+    if isinstance(module, QModuleMixin):
+        weight = module.stored_weight
+    else:
+        weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not weight.shape[0]:
+        return 0  # a LayerNorm without affine weights
+    return weight.numel() // weight.shape[0]

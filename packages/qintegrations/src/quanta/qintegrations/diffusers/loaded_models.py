@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from quanta.qintegrations.diffusers.config import QuantaConfig
 from quanta.qintegrations.diffusers.quantizer import QuantaDiffusersQuantizer, excluded_patterns
 from quanta.qintegrations.module_weights import is_weight_quantized
-from quanta.qmodules import freeze, quantize
+from quanta.qmodules import freeze
 
 if TYPE_CHECKING:
     from diffusers import ModelMixin
@@ -24,7 +24,7 @@ def quantize_model(model: ModelMixin, config: QuantaConfig) -> ModelMixin:
     if config.modules is not None:
         raise ValueError("config holds a saved per-module config; pass quantization settings")
     exclude = excluded_patterns(config, _keep_in_fp32_modules(model))
-    quantize(model, **config.quantize_arguments(exclude=exclude))
+    config.quantize_model(model, exclude)
     freeze(model)
     return attach_quantizer(model, config)
 

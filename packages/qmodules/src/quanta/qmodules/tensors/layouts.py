@@ -136,11 +136,26 @@ class QWeightTensor(QTensor):
 @QWeightTensor.implements(F.linear)
 def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     input, weight, bias = linear_arguments(*args, **kwargs)
+    input, bias = _autocast(input, bias)
     if needs_weight_grad(weight):  # QAT before freeze: gradients reach the float weight
         return straight_through_linear(input, weight, bias)
     if not isinstance(weight, QWeightTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
     return weight.linear(input, bias)
+
+
+def _autocast(
+    input: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The input and bias in the autocast dtype where autocast is on, as F.linear would take
+    them: quanta's ops have no autocast kernel of their own (their dtype follows the input)."""
+    device = input.device.type
+    if isinstance(input, QTensor) or not torch.is_autocast_enabled(device):
+        return input, bias  # a quantized input is dequantized, then F.linear autocasts
+    dtype = torch.get_autocast_dtype(device)
+    if not input.is_floating_point() or input.dtype == dtype:
+        return input, bias
+    return input.to(dtype), None if bias is None else bias.to(dtype)
 
 
 _LAYOUTS: dict[str, type[QWeightTensor]] = {}
