@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from demo import data, models
 from quanta.qintegrations import metrics
 from quanta.qio import load, meta_skeleton, save
-from quanta.qmodules import freeze, quantize, weight_memory
+from quanta.qmodules import freeze, layout_for, quantize, weight_memory
+from quanta.qtypes import to_qtype
 
 MODEL_NAMES = ("smollm2", "minilm", "mobilenet")
 WEIGHT_NAMES = ("int8", "int4", "int2", "float8")
@@ -91,6 +92,7 @@ def quantized_copy(
     progress: bool = True,
 ) -> nn.Module:
     """A deep copy of `model` with quantized, frozen weights; `model` itself is left as is.
+    `group_size` applies to 2/4-bit weights (the others have one scale per output channel).
 
     Each Linear / Conv2d is frozen on its own, so the progress bar moves while a large model
     is being quantized.
@@ -102,7 +104,8 @@ def quantized_copy(
     with tqdm(
         total=len(layer_names) + 1, desc=f"quantize {weights}", leave=False, disable=not progress
     ) as bar:
-        quantize(qmodel, weights=weights, exclude=exclude, group_size=group_size)
+        grouped = layout_for(to_qtype(weights)).grouped
+        quantize(qmodel, weights, exclude=exclude, group_size=group_size if grouped else None)
         bar.update()
         for name in layer_names:
             freeze(qmodel.get_submodule(name))
