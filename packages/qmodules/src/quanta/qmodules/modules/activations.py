@@ -159,9 +159,8 @@ class QActivationMixin:
 
     def quantize_output(self, output: torch.Tensor) -> torch.Tensor:
         """The output quantized with `output_scale`, or as it is (dynamic, streamlined)."""
-        if not self.quantizes_output or not isinstance(output, torch.Tensor):
-            return output
-        if _activations_float():
+        kept_float = _activations_float() or not self.quantizes_output
+        if kept_float or not isinstance(output, torch.Tensor):
             return output
         if isinstance(output, QActivationTensor):
             output = straight_through_dequantize(output)
@@ -174,8 +173,9 @@ class QActivationMixin:
         return quantized
 
     def _warn_if_uncalibrated(self) -> None:
-        """Warn once if a static scale is still the 1.0 that quantize() set: never calibrated,
-        loaded nor assigned, the activations are rounded to a handful of codes."""
+        """Warn once if a static scale is still the 1.0 placeholder that quantize() set (never
+        calibrated, observed, loaded nor assigned): int8 activations of |x| < 1 then round to a
+        few codes (relative error near 1)."""
         if _observers() or _activations_float():
             return  # being calibrated (or measured in float): the scales are not used yet
         self._check_calibration = False
@@ -187,10 +187,10 @@ class QActivationMixin:
         if unset:
             warnings.warn(
                 f"module {self.quantized_name or type(self).__name__!r} quantizes its activations "
-                f"with static scales that were never calibrated ({', '.join(unset)} still 1.0): "
-                "its outputs are far from the float model's. Run sample batches through the "
-                "model inside `with quanta.qcalib.Calibration():` first, or quantize with "
-                'activations_mode="dynamic"',
+                f"with static scales that were never calibrated ({', '.join(unset)} still 1.0, "
+                "the placeholder quantize() sets): its outputs can be far from the float "
+                "model's. Run sample batches through the model inside `with "
+                'quanta.qcalib.Calibration():` first, or quantize with activations_mode="dynamic"',
                 stacklevel=2,
             )
 
