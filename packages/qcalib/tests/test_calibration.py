@@ -1,5 +1,8 @@
 """Calibration: exact EMA semantics for input and output scales, streamline and debug."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +10,8 @@ from torch import nn
 from quanta.qcalib import Calibration
 from quanta.qmodules import QActivationTensor, freeze, quantize
 from quanta.qtypes import qfloat8_e4m3fn, qint8
+
+THREAD_TIMEOUT = 30  # seconds: a thread waiting longer means the test is deadlocked
 
 
 def batch(scale: float, seed: int) -> torch.Tensor:
@@ -155,3 +160,60 @@ def test_calibrated_frozen_model_stays_close_to_float():
     with torch.no_grad():
         error = (model(inputs) - reference(inputs)).norm() / reference(inputs).norm()
     assert float(error) < 0.05  # softmax probabilities at 1/127 steps dominate (~2% measured)
+
+
+def test_non_finite_values_are_left_out_of_the_scales_with_one_warning():
+    model = single_linear()
+    linear = model[0]
+    first = batch(1.0, 1)
+    first[0, 0], first[1, 3], first[2, 5] = float("nan"), float("inf"), -float("inf")
+    finite_scale = first[torch.isfinite(first)].abs().max() / qint8.qmax
+    with (
+        pytest.warns(UserWarning, match=r"NaN/Inf activations of 0 \(input\)") as caught,
+        torch.no_grad(),
+        Calibration(momentum=0.5, streamline=False),
+    ):
+        model(first)
+        assert torch.equal(linear.input_scale, finite_scale)
+        model(torch.full((8, 16), float("nan")))
+        assert torch.equal(linear.input_scale, finite_scale)  # no finite value: unchanged
+    assert len([w for w in caught if "NaN/Inf" in str(w.message)]) == 1  # once per block
+    assert torch.isfinite(linear.output_scale)
+    assert freeze(model) is model  # finite scales: accepted
+
+
+def test_calibrating_in_one_thread_leaves_a_model_served_by_another_bit_identical():
+    """Thread A serves a frozen, calibrated W8A8 model while thread B calibrates another."""
+    inputs = batch(1.0, 7)
+    served = single_linear()
+    with torch.no_grad(), Calibration():
+        served(batch(1.0, 1))
+    freeze(served)
+    scales = {name: tensor.clone() for name, tensor in served.named_buffers()}
+    with torch.no_grad():
+        expected = served(inputs)
+    other = single_linear()
+    calibrating, served_done = threading.Event(), threading.Event()
+
+    def calibrate():  # thread B
+        with torch.no_grad(), Calibration(momentum=0.5):
+            other(batch(30.0, 2))
+            calibrating.set()
+            assert served_done.wait(THREAD_TIMEOUT)
+            other(batch(50.0, 3))
+
+    def serve():  # thread A, all its forwards while B is inside its Calibration block
+        assert calibrating.wait(THREAD_TIMEOUT)
+        try:
+            with torch.no_grad():
+                for _ in range(10):
+                    assert torch.equal(served(inputs), expected)
+                    buffers = dict(served.named_buffers())
+                    assert all(torch.equal(buffers[name], scales[name]) for name in scales)
+        finally:
+            served_done.set()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for task in [pool.submit(calibrate), pool.submit(serve)]:
+            task.result(timeout=THREAD_TIMEOUT)  # raises what the thread raised
+    assert float(other[0].input_scale) > 0.1  # B did calibrate its own model

@@ -3,6 +3,9 @@
 import copy
 import io
 import pickle
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from quanta.qmodules import (
     QActivationTensor,
     QLayerNorm,
     QLinear,
+    float_activations,
     freeze,
     observe_activations,
     quantize,
@@ -24,6 +28,8 @@ STATIC_INT8_TOLERANCE = 0.05
 # dynamic per-token int8 inputs, int8 weights (measured ~0.7%)
 DYNAMIC_INT8_TOLERANCE = 0.02
 COMPILE_TOLERANCE = 1e-3  # as in test_compile.py: only fusion and reduction order differ
+THREAD_TIMEOUT = 30  # seconds: a thread waiting longer means the test is deadlocked
+UNCALIBRATED = "never calibrated"
 
 
 class ConvNet(nn.Module):
@@ -264,3 +270,86 @@ def test_activations_alone_leave_float_modules_untouched():
     model = quantize(mlp(), weights="int8", activations="int8", overrides={"2": {"weights": None}})
     assert isinstance(model[0], QLinear) and type(model[2]) is nn.Linear
     assert model[0].qconfig.activations == qint8
+
+
+def test_float_activations_and_observers_act_on_their_own_thread_only(uniform_inputs):
+    """One thread inside float_activations() and observe_activations() changes neither the
+    outputs nor the scales of a model that another thread serves meanwhile."""
+    inputs = uniform_inputs(8, 32)
+    served = quantize(mlp(), weights="int8", activations="int8")
+    set_scales(served, inputs)
+    freeze(served)
+    scales = {name: tensor.clone() for name, tensor in served.named_buffers()}
+    with torch.inference_mode():
+        expected = served(inputs).dequantize()
+    other = quantize(mlp(), weights="int8", activations="int8")
+    inside, served_done = threading.Event(), threading.Event()
+    float_output = []
+
+    def overwrite(module, kind, tensor):  # an observer that rewrites every scale it sees
+        if kind != "quantized_output":
+            getattr(module, f"{kind}_scale").fill_(3.0)
+
+    def measure():
+        with torch.inference_mode(), observe_activations(overwrite):
+            other(inputs)  # observed in this thread
+            with float_activations():
+                inside.set()
+                assert served_done.wait(THREAD_TIMEOUT)
+                float_output.append(other(inputs))
+
+    def serve():
+        assert inside.wait(THREAD_TIMEOUT)
+        try:
+            with torch.inference_mode():
+                for _ in range(5):
+                    assert torch.equal(served(inputs).dequantize(), expected)
+        finally:
+            served_done.set()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for task in [pool.submit(measure), pool.submit(serve)]:
+            task.result(timeout=THREAD_TIMEOUT)  # raises what the thread raised
+    assert all(torch.equal(scales[name], tensor) for name, tensor in served.named_buffers())
+    # the measuring thread was observed and did run in float
+    assert float(other[0].input_scale) == 3.0 and type(float_output[0]) is torch.Tensor
+    with torch.inference_mode():
+        assert torch.equal(served(inputs).dequantize(), expected)
+
+
+def test_uncalibrated_static_activations_warn_once_per_module(uniform_inputs):
+    model = quantize(mlp(), weights="int8", activations="int8")
+    inputs = uniform_inputs(4, 32)
+    with pytest.warns(UserWarning, match=UNCALIBRATED) as caught:
+        model(inputs)
+    messages = [str(w.message) for w in caught if UNCALIBRATED in str(w.message)]
+    assert len(messages) == 2 and "'0'" in messages[0] and "'2'" in messages[1]
+    assert "quanta.qcalib.Calibration" in messages[0] and "dynamic" in messages[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(inputs)  # once per module
+
+
+def test_scales_set_by_an_observer_or_a_load_do_not_warn(uniform_inputs):
+    inputs = uniform_inputs(4, 32)
+    observed = quantize(mlp(), weights="int8", activations="int8")
+
+    def keep_one(module, kind, tensor):  # calibrated, and 1.0 happens to be the result
+        pass
+
+    calibrated = quantize(mlp(), weights="int8", activations="int8")
+    set_scales(calibrated, inputs)
+    loaded = quantize(mlp(), weights="int8", activations="int8")
+    loaded.load_state_dict(calibrated.state_dict())
+    dynamic = quantize(mlp(), weights="int8", activations="int8", activations_mode="dynamic")
+    measured = quantize(mlp(), weights="int8", activations="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with observe_activations(keep_one):
+            observed(inputs)
+        for model in (observed, calibrated, loaded, dynamic):
+            model(inputs)
+        with float_activations():
+            measured(inputs)  # the scales are not used: no warning, and the check waits
+    with pytest.warns(UserWarning, match=UNCALIBRATED):
+        measured(inputs)

@@ -66,6 +66,24 @@ def test_freeze_refuses_non_finite_weights_naming_the_module(bad):
     assert not model.fc1.is_frozen  # nothing was frozen
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("buffer", ["input_scale", "output_scale"])
+def test_freeze_refuses_non_finite_activation_scales_naming_the_module(buffer, bad):
+    """A NaN/Inf static scale makes every later output NaN: refused before any change."""
+    model = quantize(net(), weights="int8", activations="int8")
+    getattr(model.fc2, buffer).fill_(bad)
+    with pytest.raises(ValueError, match=f"{buffer} of module 'fc2'"):
+        freeze(model)
+    assert not model.fc1.is_frozen  # nothing was frozen
+
+
+def test_freeze_refuses_a_non_finite_scale_of_a_module_without_quantized_weight():
+    model = quantize(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)), activations="int8")
+    model[1].output_scale.fill_(float("nan"))
+    with pytest.raises(ValueError, match="output_scale of module '1'"):
+        freeze(model)
+
+
 @pytest.mark.parametrize("weights", WEIGHTS)
 def test_state_dict_holds_only_plain_canonical_tensors(weights):
     model = freeze(quantize(net(), weights=weights))

@@ -6,6 +6,10 @@ Inside `with Calibration(momentum=0.9):` every forward pass of a model quantized
 - an uncalibrated scale (exactly 1.0, as quantize() leaves it) becomes max|x| / qmax of the first
   batch; after that it is an exponential moving average,
   `scale = momentum * scale + (1 - momentum) * max|x| / qmax`, for inputs and outputs alike;
+- NaN and Inf values are left out of max|x| (a batch with no finite value leaves the scale as it
+  is), and one warning at the end of the block names the modules that saw them;
+- only the forwards of the thread that entered the block are calibrated (the mode and the
+  observer are per thread): other threads' models keep their scales;
 - with `streamline=True`, a module whose quantized output is only ever consumed by float ops
   (an add, a rotary embedding, a float module, the caller) stops quantizing it when the block
   ends: quantizing it would only add rounding error. Outputs that reach a quantized consumer
@@ -18,6 +22,7 @@ Inside `with Calibration(momentum=0.9):` every forward pass of a model quantized
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +78,14 @@ class Calibration(TorchFunctionMode):
         self._producers: dict[int, nn.Module] = {}
         self._kept: set[int] = set()
         self._observing: Any = None
+        self._non_finite: list[str] = []
 
     # --- the context ----------------------------------------------------------------------
 
     def __enter__(self) -> Calibration:
         self._sources = WeakIdKeyDictionary()
         self._producers, self._kept = {}, set()
+        self._non_finite = []
         self._observing = observe_activations(self._observe)
         self._observing.__enter__()
         return super().__enter__()
@@ -94,6 +101,13 @@ class Calibration(TorchFunctionMode):
                     module.disable_output_quantization()
         self._sources = WeakIdKeyDictionary()
         self._producers = {}
+        if self._non_finite:
+            warnings.warn(
+                f"Calibration ignored NaN/Inf activations of {', '.join(self._non_finite)}: "
+                "their scales come from the finite values only (a batch without any left the "
+                "scale unchanged)",
+                stacklevel=2,
+            )
         if exc_type is None and self.debug:
             print(self.report())
 
@@ -106,6 +120,12 @@ class Calibration(TorchFunctionMode):
             return
         with torch.no_grad():
             detached = tensor.detach()
+            finite = torch.isfinite(detached)
+            if not bool(finite.all()):
+                self._note_non_finite(module, kind)
+                if not bool(finite.any()):
+                    return
+                detached = detached[finite]
             absmax = detached.abs().amax().float()
             scale = getattr(module, SCALE_BUFFERS[kind])
             batch_scale = (absmax / module.qconfig.activations.qmax).clamp(
@@ -118,6 +138,11 @@ class Calibration(TorchFunctionMode):
             scale.copy_(new_scale)
             if self.debug:
                 self._record(module, kind, detached, float(scale))
+
+    def _note_non_finite(self, module: nn.Module, kind: str) -> None:
+        name = f"{module.quantized_name or type(module).__name__} ({kind})"
+        if name not in self._non_finite:
+            self._non_finite.append(name)
 
     def _record(self, module: nn.Module, kind: str, tensor: torch.Tensor, scale: float) -> None:
         name = module.quantized_name or type(module).__name__

@@ -5,7 +5,8 @@ an activation qtype runs its float class's forward unchanged. With one:
 
 - "static": the input is quantized with the buffer `input_scale` and the output with the buffer
   `output_scale` (0-d, per tensor, 1.0 until calibrated; `quanta.qcalib.Calibration` sets them);
-  an output whose quantization was turned off (streamlined) has no `output_scale`.
+  an output whose quantization was turned off (streamlined) has no `output_scale`. The first
+  forward outside calibration warns if a scale is still the 1.0 quantize() set.
 - "dynamic": the input is quantized per token (max|row| / qmax over the last dimension, over the
   channels for a convolution) at every call; no buffers, no calibration, the output stays float.
 
@@ -13,11 +14,14 @@ An input that is already a QActivationTensor (the quantized output of the module
 as it is. Before quantization the input may be divided by `input_smoothing` (SmoothQuant) and
 rotated by `input_rotation` (a block Hadamard transform); the float weight carries the inverse.
 Observers registered with `observe_activations` see every static activation before it
-is quantized (this is how calibration reads ranges without this layer knowing about it).
+is quantized (this is how calibration reads ranges without this layer knowing about it). Observers
+and `float_activations()` act on the thread that entered them only.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -45,35 +49,52 @@ INPUT_ROTATION = "input_rotation"
 #: observer(module, kind, tensor), kind in "input", "output" (float, before quantization, the
 #: observer may update the module's scale in place) and "quantized_output" (what is returned).
 ActivationObserver = Callable[[nn.Module, str, torch.Tensor], None]
-_OBSERVERS: list[ActivationObserver] = []
+
+# Per thread, never process-wide: one thread calibrating (or in float_activations) must not
+# change what another thread's model computes. threading.local rather than a ContextVar because
+# torch.compile cannot trace ContextVar.get (fullgraph fails) while it guards a plain
+# threading.local attribute per thread (its per-class defaults it does not guard: getattr here).
+_THREAD = threading.local()
+
+
+def _observers() -> tuple[ActivationObserver, ...]:
+    return getattr(_THREAD, "observers", ())
+
+
+def _activations_float() -> bool:
+    return getattr(_THREAD, "float_depth", 0) > 0
 
 
 @contextmanager
 def observe_activations(observer: ActivationObserver) -> Iterator[None]:
-    """Call `observer` on every static activation of every quantized module while inside."""
-    _OBSERVERS.append(observer)
+    """Call `observer` on every static activation of every quantized module run by this thread
+    while inside (other threads are not observed)."""
+    _THREAD.observers = (*_observers(), observer)
     try:
         yield
     finally:
-        _OBSERVERS.remove(observer)
-
-
-_FLOAT_ACTIVATIONS: list[bool] = []
+        observers = list(_observers())
+        observers.remove(observer)
+        _THREAD.observers = tuple(observers)
 
 
 @contextmanager
 def float_activations() -> Iterator[None]:
-    """Inside, quantized modules leave their activations float; input smoothing and rotation
-    still apply, so the model computes its float function (to measure float statistics)."""
-    _FLOAT_ACTIVATIONS.append(True)
+    """Inside, quantized modules run by this thread leave their activations float; input
+    smoothing and rotation still apply, so the model computes its float function (to measure
+    float statistics). Other threads keep quantizing."""
+    _THREAD.float_depth = getattr(_THREAD, "float_depth", 0) + 1
     try:
         yield
     finally:
-        _FLOAT_ACTIVATIONS.pop()
+        _THREAD.float_depth -= 1
 
 
-def _notify(module: nn.Module, kind: str, tensor: torch.Tensor) -> None:
-    for observer in tuple(_OBSERVERS):
+def _notify(
+    observers: tuple[ActivationObserver, ...], module: nn.Module, kind: str, tensor: torch.Tensor
+) -> None:
+    module._check_calibration = False  # an observer sets (or chose not to set) its scales
+    for observer in observers:
         observer(module, kind, tensor)
 
 
@@ -87,10 +108,14 @@ class QActivationMixin:
     quantizes_input: ClassVar[bool] = True
     #: the dimension a dynamic per-token scale reduces over
     token_dim: ClassVar[int] = -1
+    #: True from quantize() until the first forward checks that static scales were set
+    _check_calibration: bool = False
 
     def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if self.qconfig.activations is None:
             return super().forward(input, *args, **kwargs)
+        if not torch.compiler.is_compiling() and self._check_calibration:
+            self._warn_if_uncalibrated()
         if self.quantizes_input:
             input = self.quantize_input(input)
         return self.quantize_output(super().forward(input, *args, **kwargs))
@@ -110,12 +135,13 @@ class QActivationMixin:
             input = input / smoothing.to(input.dtype)
         if rotation is not None:  # outliers spread over blocks; W's rows rotated alike
             input = hadamard_transform(input, rotation)
-        if _FLOAT_ACTIVATIONS:
+        if _activations_float():
             return input
+        observers = _observers()
         if isinstance(input, QActivationTensor):
-            if _OBSERVERS and self.qconfig.activations_mode == "static":
+            if observers and self.qconfig.activations_mode == "static":
                 # calibrated anyway: the input scale serves if the producer stops quantizing
-                _notify(self, "input", input.dequantize())
+                _notify(observers, self, "input", input.dequantize())
             return input
         if not input.is_floating_point():
             return input
@@ -127,22 +153,46 @@ class QActivationMixin:
                 scale = scale.movedim(-1, self.token_dim)
                 return QActivationTensor.quantize(input, scale, qtype)
             return QActivationTensor.quantize_per_token(input, qtype)
-        if _OBSERVERS:
-            _notify(self, "input", input)
+        if observers:
+            _notify(observers, self, "input", input)
         return QActivationTensor.quantize(input, self.input_scale, qtype)
 
     def quantize_output(self, output: torch.Tensor) -> torch.Tensor:
         """The output quantized with `output_scale`, or as it is (dynamic, streamlined)."""
-        if _FLOAT_ACTIVATIONS or not self.quantizes_output or not isinstance(output, torch.Tensor):
+        kept_float = _activations_float() or not self.quantizes_output
+        if kept_float or not isinstance(output, torch.Tensor):
             return output
         if isinstance(output, QActivationTensor):
             output = straight_through_dequantize(output)
-        if _OBSERVERS:
-            _notify(self, "output", output)
+        observers = _observers()
+        if observers:
+            _notify(observers, self, "output", output)
         quantized = QActivationTensor.quantize(output, self.output_scale, self.qconfig.activations)
-        if _OBSERVERS:
-            _notify(self, "quantized_output", quantized)
+        if observers:
+            _notify(observers, self, "quantized_output", quantized)
         return quantized
+
+    def _warn_if_uncalibrated(self) -> None:
+        """Warn once if a static scale is still the 1.0 placeholder that quantize() set (never
+        calibrated, observed, loaded nor assigned): int8 activations of |x| < 1 then round to a
+        few codes (relative error near 1)."""
+        if _observers() or _activations_float():
+            return  # being calibrated (or measured in float): the scales are not used yet
+        self._check_calibration = False
+        unset = [
+            name
+            for name, scale in self.activation_scales().items()
+            if not scale.is_meta and bool(scale == 1)
+        ]
+        if unset:
+            warnings.warn(
+                f"module {self.quantized_name or type(self).__name__!r} quantizes its activations "
+                f"with static scales that were never calibrated ({', '.join(unset)} still 1.0, "
+                "the placeholder quantize() sets): its outputs can be far from the float "
+                "model's. Run sample batches through the model inside `with "
+                'quanta.qcalib.Calibration():` first, or quantize with activations_mode="dynamic"',
+                stacklevel=2,
+            )
 
     def smooth_input(self, factors: torch.Tensor) -> None:
         """Divide the input by `factors` [in_features] at run time and multiply the float
@@ -226,6 +276,7 @@ class QActivationMixin:
         names = (INPUT_SCALE, OUTPUT_SCALE) if self.quantizes_input else (OUTPUT_SCALE,)
         for buffer in names:
             self.register_buffer(buffer, torch.ones((), dtype=dtype, device=device))
+        self._check_calibration = True
         if not config.output_quantized:
             self._buffers[OUTPUT_SCALE] = None
 
