@@ -47,7 +47,9 @@ struct Avx2 {
     } else {
       const __m128i half =
           _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(bytes), 7), _mm_set1_epi16(-0x4001));
-      return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f));
+      const __m128i nan_bit =
+          _mm_and_si128(_mm_add_epi16(half, _mm_set1_epi16(0x80)), _mm_set1_epi16(0x4000));
+      return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(half, nan_bit)), _mm256_set1_ps(256.0f));
     }
   }
 
