@@ -211,7 +211,8 @@ def nans(dtype):
 @pytest.mark.parametrize("rows", [1, 3, 40])  # decode and prefill
 def test_nan_and_inf_stay_nan_and_inf(cpu_isa, weights, rows):
     """NaN and +-Inf in the scales (so in the weights), the bias and the activations come out as
-    NaN and +-Inf in every output dtype, where the reference has them, on every path."""
+    NaN and +-Inf in every output dtype, where the reference has them, on every path (the
+    decode of affine weights, which takes the zero point out of its sums, included)."""
     k, group_size = 128, 64  # whole 64-code groups: the AVX512-BF16 decode of 4-bit weights too
     nan = nans(torch.float32)
     scale = (torch.rand(N, k // group_size) + 0.5) / (127 * k**0.5)
@@ -230,9 +231,8 @@ def test_nan_and_inf_stay_nan_and_inf(cpu_isa, weights, rows):
     for dtype in FLOAT_DTYPES:
         input = torch.randn(rows, k, dtype=dtype)
         input[1:3, 7] = nans(dtype)[: rows - 1]  # activation rows 1 and 2: NaN
-        if weights != "uint4" and rows > 3:
-            # (affine weights take the zero point out of the sum, which turns inf * 0 into NaN)
-            input[3, 9] = float("inf")
+        input[0, 9] = float("inf")  # row 0: +-inf, or NaN where a weight is 0 (inf * 0)
+        input[rows - 1, 11] = -float("inf")
         out = op(input, *args)
         expected = reference_op(input, *args)
         assert out.dtype == dtype
@@ -241,6 +241,26 @@ def test_nan_and_inf_stay_nan_and_inf(cpu_isa, weights, rows):
         inf = expected.isinf()
         assert torch.equal(out.isinf(), inf)
         assert torch.equal(out[inf], expected[inf])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])  # decode and prefill
+def test_float8_e4m3_nan_codes_read_as_nan(cpu_isa, rows):
+    """The e4m3fn NaN codes S.1111.111 (0x7F, 0xFF) are NaN on every path (the vector decoders
+    read the codes as halves, where these bits are 480): the output columns they reach are NaN,
+    the others equal the reference."""
+    k = 211
+    codes = symmetric_codes(torch.float8_e4m3fn, k)
+    codes.view(torch.uint8)[3, 5] = 0x7F
+    codes.view(torch.uint8)[8, 200] = 0xFF  # in the scalar tail of the vector loop
+    codes.view(torch.uint8)[9, 16] = 0x7E  # 448, the largest number, next to the NaN code
+    scale = (torch.rand(N, 1) + 0.5) / (448 * k**0.5)
+    for dtype in FLOAT_DTYPES:
+        input = torch.randn(rows, k, dtype=dtype)
+        out = torch.ops.quanta.linear_symmetric(input, codes, scale, None)
+        expected = reference.linear_symmetric(input.double(), codes, scale.double(), None)
+        assert out.isnan().any(dim=0).tolist() == [n in (3, 8) for n in range(N)]
+        numbers = [n not in (3, 8) for n in range(N)]
+        assert_matches_reference(out[:, numbers], expected[:, numbers], dtype)
 
 
 @pytest.mark.parametrize("rows", [1, 17])
@@ -268,11 +288,18 @@ def test_linear_int8(cpu_isa, rows):
     input = torch.randint(-128, 128, (rows, k), dtype=torch.int8)
     codes = torch.randint(-128, 128, (N, k), dtype=torch.int8)
     scale, bias = torch.rand(N, 1) / 127, torch.randn(N)
-    for input_scale in (torch.rand(rows, 1, dtype=torch.bfloat16), torch.tensor(0.01)):
+    row_scales = torch.rand(rows, 1, dtype=torch.bfloat16)
+    row_scales[rows // 2] = float("nan")  # a dynamic row that held a NaN
+    row_scales[-1] = float("inf")  # one that held an infinity: its codes are 0, its outputs NaN
+    input[-1] = 0
+    for input_scale in (row_scales, torch.tensor(0.01), torch.tensor(float("nan"))):
         for dtype in (*FLOAT_DTYPES, torch.float64):
             args = (input, input_scale, codes, scale, bias, dtype)
             out = torch.ops.quanta.linear_int8(*args)
-            assert torch.equal(out, reference.linear_int8(*args))
+            assert same_values(out, reference.linear_int8(*args))
+    assert out.isnan().all()
+    # (opcheck compares outputs without equal_nan: a finite case)
+    args = (input, torch.tensor(0.01), codes, scale, bias, torch.bfloat16)
     torch.library.opcheck(torch.ops.quanta.linear_int8.default, args)
 
 
@@ -297,6 +324,13 @@ BROADCASTS = [
 ]
 
 
+def same_values(a, b):
+    """Equal dtype, shape and values, a NaN where the other has one (of any sign or payload)."""
+    assert a.dtype == b.dtype
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    return True
+
+
 def same_bits(a, b):
     return (
         a.dtype == b.dtype
@@ -318,21 +352,23 @@ def test_quantize_and_dequantize_symmetric(shapes, codes_dtype):
         assert same_bits(codes, reference.quantize_symmetric(input, scale, codes_dtype))
         values = torch.ops.quanta.dequantize_symmetric(codes, scale, dtype)
         assert same_bits(values, reference.dequantize_symmetric(codes, scale, dtype))
-    ties = torch.tensor([0.5, 1.5, 2.5, -2.5, 127.5, -128.5, 1e4, float("nan")])
+    inf = float("inf")
+    ties = torch.tensor([0.5, 1.5, 2.5, -2.5, 127.5, -128.5, 1e4, inf, -inf, float("nan")])
     codes = torch.ops.quanta.quantize_symmetric(ties, torch.tensor(1.0), codes_dtype)
-    expected = reference.quantize_symmetric(ties, torch.tensor(1.0), codes_dtype)
-    if codes_dtype == torch.int8:  # NaN has no int8 code: only the finite values are specified
-        codes, expected = codes[:-1], expected[:-1]
-    assert same_bits(codes, expected)
+    assert same_bits(codes, reference.quantize_symmetric(ties, torch.tensor(1.0), codes_dtype))
+    if codes_dtype == torch.int8:  # infinities saturate; NaN, which int8 cannot hold, is 0
+        assert codes[-3:].tolist() == [127, -128, 0]
 
 
 @pytest.mark.parametrize("shape", [(5, 37), (2, 5, 211), (4, 0), (0, 8)], ids=str)
 @pytest.mark.parametrize("codes_dtype", CODE_DTYPES, ids=str)
 @pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, torch.float64], ids=str)
 def test_quantize_dynamic(cpu_isa, shape, codes_dtype, dtype):
-    """Scales and codes equal the reference's exactly, with rows of zeros, NaN and infinities."""
+    """Scales and codes equal the reference's exactly, with rows of zeros, NaN and infinities;
+    the rows holding a NaN or an infinity dequantize to NaN (their scale is NaN or Inf)."""
     input = (torch.randn(shape) * 10).to(dtype)
-    if input.numel() >= 5 * 37:
+    special = input.numel() >= 5 * 37
+    if special:
         rows = input.view(-1, shape[-1])
         rows[0] = 0
         rows[1, 3] = float("nan")
@@ -341,8 +377,12 @@ def test_quantize_dynamic(cpu_isa, shape, codes_dtype, dtype):
     codes, scale = torch.ops.quanta.quantize_dynamic(input, codes_dtype)
     expected_codes, expected_scale = reference.quantize_dynamic(input, codes_dtype)
     assert scale.dtype == dtype and scale.shape == (*shape[:-1], 1)
-    assert torch.equal(scale, expected_scale)
-    assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8))
+    assert same_values(scale, expected_scale)
+    assert same_values(codes.float(), expected_codes.float())  # NaN codes of either sign
+    if special:
+        values = torch.ops.quanta.dequantize_symmetric(codes, scale, dtype).view(-1, shape[-1])
+        assert values[1:3].isnan().all() and not values[3:].isnan().any()
+        assert scale.view(-1)[1].isnan() and scale.view(-1)[2] == float("inf")
 
 
 @pytest.mark.parametrize("rows, dtype", [(3, torch.float32), (100, torch.bfloat16)])

@@ -94,3 +94,17 @@ def test_affine_round_trip_error_is_half_a_step(device):
     )
     error = (restored - input).abs().reshape(rows, -1, group_size)
     assert (error <= scale.unsqueeze(-1) / 2 + 1e-5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_quantize_affine_never_picks_a_code_that_dequantizes_to_inf(device, dtype):
+    """±finfo.max in 2 bits: scale 2 * max / 3 and zero point round(1.5) = 2 put code 0 at
+    -4/3 * max, past the limit: -max takes code 1 (-2/3 * max) instead; the rest is as usual."""
+    limit = torch.finfo(dtype).max
+    input = torch.tensor([[-limit, limit, 0.0, limit / 3]], dtype=dtype, device=device)
+    scale = torch.tensor([[limit / 1.5]], dtype=torch.float64, device=device).to(dtype)
+    zero_point = torch.tensor([[2]], dtype=torch.uint8, device=device)
+    codes = torch.ops.quanta.quantize_affine(input, scale, zero_point, 2, 4)
+    values = torch.ops.quanta.dequantize_affine(codes, scale, zero_point, 4, dtype)
+    assert codes.tolist() == [[1, 3, 2, 2]]
+    assert values.isfinite().all()

@@ -20,6 +20,22 @@ def _uniform_inputs(
     return (torch.rand(*shape, generator=generator) * 2 - 1).to(dtype)
 
 
+def _with_non_finite(x: torch.Tensor, nan: bool = True, inf: bool = True) -> torch.Tensor:
+    # a copy of x [rows >= 5, K >= 6] with a NaN in row 1, +Inf in row 3 and -Inf in row 4
+    x = x.clone()
+    if nan:
+        x[1, 2] = float("nan")
+    if inf:
+        x[3, 0], x[4, 5] = float("inf"), -float("inf")
+    return x
+
+
+@pytest.fixture
+def with_non_finite() -> Callable[..., torch.Tensor]:
+    """A copy of x [rows, K] with a NaN in row 1 (nan=True) and ±Inf in rows 3, 4 (inf=True)."""
+    return _with_non_finite
+
+
 @pytest.fixture
 def relative_error() -> Callable[[torch.Tensor, torch.Tensor], float]:
     """‖actual − expected‖ / ‖expected‖ in float32."""

@@ -130,3 +130,60 @@ def test_in_place_ops_other_than_relu_are_refused(uniform_inputs):
     q = quantized(uniform_inputs(4, 8))
     with pytest.raises(NotImplementedError, match="in place"):
         q.add_(1)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_static_activations_keep_nan_and_saturate_inf(
+    qtype, dtype, uniform_inputs, with_non_finite
+):
+    """Per tensor: the float model clamps to the code range and keeps NaN. float8 codes hold the
+    NaN; int8 has no NaN code, so the one scale turns NaN and the whole tensor with it."""
+    scale = torch.tensor(1.5 / qtype.qmax)
+    limits = (qtype.qmin * float(scale), qtype.qmax * float(scale))
+    inf_only = with_non_finite(uniform_inputs(6, 16, dtype=dtype), nan=False)
+    values = QActivationTensor.quantize(inf_only, scale, qtype).dequantize()
+    expected = inf_only.float().clamp(*limits)
+    tolerance = 0.51 * float(scale) if qtype is qint8 else 0.13 * 1.5  # as in the round trip
+    torch.testing.assert_close(values.float(), expected, rtol=0, atol=tolerance)
+
+    x = with_non_finite(uniform_inputs(6, 16, dtype=dtype, seed=7))
+    q = QActivationTensor.quantize(x, scale, qtype)
+    assert q.is_per_tensor
+    values = q.dequantize()
+    if qtype is qint8:
+        assert values.isnan().all()
+    else:
+        assert torch.equal(values.isnan(), x.isnan())
+        kept = ~x.isnan()
+        expected = x.float().clamp(*limits)[kept]
+        torch.testing.assert_close(values.float()[kept], expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dynamic_rows_holding_nan_or_inf_dequantize_to_nan(
+    qtype, dtype, uniform_inputs, with_non_finite
+):
+    """Per token: a row holding NaN gets a NaN scale, one holding ±Inf an infinite one; both
+    dequantize to NaN (as x / s * s does in float); the other rows are quantized as usual."""
+    x = with_non_finite(uniform_inputs(6, 16, dtype=dtype))
+    q = QActivationTensor.quantize_per_token(x, qtype)
+    values = q.dequantize()
+    non_finite = ~x.isfinite().all(dim=-1)
+    assert non_finite.tolist() == [False, True, False, True, True, False]
+    assert values[non_finite].isnan().all()
+    finite = values[~non_finite].float()
+    torch.testing.assert_close(finite, x[~non_finite].float(), rtol=0.13, atol=0.51 / 127)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_matmul_of_quantized_activations_keeps_nan(qtype, uniform_inputs, with_non_finite):
+    query = quantized(uniform_inputs(6, 8, seed=1), qtype)
+    x = with_non_finite(uniform_inputs(6, 8, seed=2), inf=False)
+    key = QActivationTensor.quantize(x, torch.tensor(1 / qtype.qmax), qtype)
+    scores = torch.matmul(query, key.transpose(0, 1))
+    float_nan = (query.dequantize() @ x.transpose(0, 1)).isnan()
+    assert float_nan.any() and scores.isnan()[float_nan].all()
+    if qtype is not qint8:  # float8: exactly where the float product has them
+        assert torch.equal(scores.isnan(), float_nan)

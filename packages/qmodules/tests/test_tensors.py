@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from quanta.qmodules import QBitsTensor, QBytesTensor, QTensor, layout_for
-from quanta.qtypes import qfloat8, qint2, qint4, qint8
+from quanta.qtypes import qfloat8, qfloat8_e5m2, qint2, qint4, qint8
 
 # a weight's dequantized values lie within half a quantization step of the float ones
 HALF_STEP = 0.5 + 1e-3
@@ -59,6 +59,47 @@ def test_dequantize_is_within_half_a_step():
     assert ((tensor.dequantize() - weight).abs() <= HALF_STEP * step).all()
     tensor = QBytesTensor.quantize(weight, qint8)
     assert ((tensor.dequantize() - weight).abs() <= HALF_STEP * tensor.scale).all()
+
+
+def near_the_limit(dtype: torch.dtype, rows: int = 8, columns: int = 64) -> torch.Tensor:
+    """Weights of dtype up to ±finfo.max: rows 0 and 1 of one sign, the others random, each
+    holding both limits (min-max ranges of 2 * finfo.max, absmax of finfo.max)."""
+    limit = torch.finfo(dtype).max
+    generator = torch.Generator().manual_seed(3)
+    weight = (torch.rand(rows, columns, generator=generator, dtype=torch.float64) * 2 - 1) * limit
+    weight[:, :2] = torch.tensor([limit, -limit], dtype=torch.float64)
+    weight[0], weight[1] = weight[0].abs(), -weight[1].abs()
+    return weight.to(dtype)
+
+
+# |dequantized - weight| near finfo.max: one step for integer codes (the end code of a grid that
+# its rounded zero point, or the scale's rounding, pushes past the limit is the one before it),
+# float8's relative rounding (2^-4 for e4m3, 2^-3 for e5m2) for float codes; plus the rounding
+# of the result to the weight's dtype
+NEAR_LIMIT_STEPS = {"qint2": 1.0, "qint4": 1.0, "qint8": 1.0}
+NEAR_LIMIT_RELATIVE = {"qfloat8_e4m3fn": 2**-4, "qfloat8_e5m2": 2**-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("qtype", [qint2, qint4, qint8, qfloat8, qfloat8_e5m2], ids=str)
+def test_weights_near_the_dtype_limit_dequantize_finite(qtype, dtype):
+    """Scales and dequantized values stay finite and close for weights up to ±finfo.max (the
+    min-max range, 2 * finfo.max, and the grid's ends used to overflow to Inf)."""
+    weight = near_the_limit(dtype)
+    group_size = 32 if qtype.bits < 8 else None
+    tensor = layout_for(qtype).quantize(weight, qtype, group_size)
+    values = tensor.dequantize()
+    assert tensor.scale.isfinite().all() and values.isfinite().all()
+    error = (values.double() - weight.double()).abs()
+    rounding = weight.double().abs() * torch.finfo(dtype).eps
+    scale = tensor.scale.double()
+    if group_size is not None:
+        scale = scale.repeat_interleave(group_size, dim=1)
+    if qtype.name in NEAR_LIMIT_STEPS:
+        assert (error <= NEAR_LIMIT_STEPS[qtype.name] * scale + rounding).all()
+    else:
+        relative = NEAR_LIMIT_RELATIVE[qtype.name] * weight.double().abs()
+        assert (error <= relative + scale + rounding).all()
 
 
 def test_conv_weight_keeps_logical_shape_with_2d_codes():

@@ -169,3 +169,40 @@ def test_least_error_candidate_keeps_tuples_together_and_can_stop_without_gain()
 def test_least_error_candidate_needs_a_candidate():
     with pytest.raises(ValueError, match="at least one candidate"):
         least_error_candidate([])
+
+
+LIMIT_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", LIMIT_DTYPES, ids=str)
+@pytest.mark.parametrize("qtype", [qint2, qint4])
+def test_minmax_affine_params_of_the_widest_range_are_finite(qtype, dtype):
+    """max - min of ±finfo.max overflows; the scale is still a qmax-th of the range."""
+    limit = torch.finfo(dtype).max
+    x = torch.tensor([[limit, -limit, 0.0, 1.0], [1.0, 2.0, -3.0, 0.0]], dtype=dtype)
+    scale, zero_point = minmax_affine_params(x, qtype, group_size=4)
+    assert scale.dtype == dtype and scale.isfinite().all()
+    expected = torch.tensor([limit, 2.5], dtype=torch.float64) * (2 / qtype.qmax)
+    torch.testing.assert_close(scale.double().flatten(), expected, rtol=1e-2, atol=0)
+    # half-way for ±limit (either way, as the scale rounds), 3/5 of the way for -3 .. 2
+    assert zero_point[0].item() in (qtype.qmax // 2, qtype.qmax // 2 + 1)
+    assert zero_point[1].item() == round(3 * qtype.qmax / 5)
+
+
+@pytest.mark.parametrize("dtype", LIMIT_DTYPES, ids=str)
+@pytest.mark.parametrize("qtype", [qint8, qfloat8_e4m3fn, qfloat8_e5m2])
+def test_symmetric_scales_near_the_limit_keep_every_code_finite(qtype, dtype):
+    """absmax / qmax rounded up to the dtype made qmax * scale overflow (int8 also -128 * scale):
+    with absmax_scale every code, with symmetric_scale every code x quantizes to, times the
+    scale (computed as the dequantizers do) is finite."""
+    limit = torch.finfo(dtype).max
+    x = torch.tensor([[limit, -limit], [limit * 0.999, 0.0], [1.0, -2.0]], dtype=dtype)
+    wide = torch.promote_types(dtype, torch.float32)
+    scale = absmax_scale(x, qtype)
+    assert (scale.to(wide) * max(-qtype.qmin, qtype.qmax)).to(dtype).isfinite().all()
+    assert scale[2].item() == absmax_scale(x[2:], qtype).item()  # the others as before
+    assert (scale[:2].double() > 0.99 * limit / qtype.qmax).all()
+    best = symmetric_scale(x, qtype).to(wide)
+    codes = (x.to(wide) / best).clamp(qtype.qmin, qtype.qmax)
+    codes = codes.round() if not qtype.is_floating_point else codes.to(qtype.dtype).to(wide)
+    assert (codes * best).to(dtype).isfinite().all()

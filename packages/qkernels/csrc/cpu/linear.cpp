@@ -4,7 +4,8 @@
 // needs, allocates that, and runs the kernel over torch's thread pool.
 //
 // Up to kDecodeMaxRows activation rows take the decode kernel (weights streamed once, decoded in
-// registers, fp32 accumulation). More rows take the prefill path: the AMX prefill, or the weight
+// registers, fp32 accumulation), unless it cannot serve them (decode_serves). More rows take the
+// prefill path: the AMX prefill, or the weight
 // dequantized to the activation dtype by the native dequantizer and multiplied by aten::mm
 // (oneDNN). Inputs no native path covers (float64 activations, fnuz float8 codes, empty shapes)
 // go through the reference ops, so every call gives the documented result.
@@ -81,8 +82,9 @@ Params params_of(const std::optional<Tensor>& t) {
 }
 
 // The decode path, for a contiguous input of m <= kDecodeMaxRows rows of k (any leading shape),
-// the result stored in the input's dtype, shaped out_sizes (plan_decode chooses the kernel).
-Tensor linear_decode(
+// the result stored in the input's dtype, shaped out_sizes (plan_decode chooses the kernel); none
+// when the kernel cannot serve this x (decode_serves: infinite activations).
+std::optional<Tensor> linear_decode(
     const Tensor& input, int64_t m, const WeightView& view, const Params& bias,
     const std::vector<int64_t>& out_sizes) {
   const OutputDtype dtype = *output_dtype(input.scalar_type());
@@ -95,6 +97,9 @@ Tensor linear_decode(
   const DecodeInput in = prepare_decode_input(
       plan, input.const_data_ptr(), dtype, m, view,
       plan.scratch_floats == 0 ? nullptr : scratch.mutable_data_ptr());
+  if (!decode_serves(in, m, view)) {
+    return std::nullopt;
+  }
   void* out_data = out.mutable_data_ptr();
   const int64_t grain = grain_rows(view.row_bytes * m);
 #ifdef QKERNELS_X86_KERNELS
@@ -173,8 +178,8 @@ Tensor amx_prefill(const Tensor& input2d, const WeightView& view) {
 }
 #endif
 
-// The prefill path, for input [m, k] with m > kDecodeMaxRows (plan_prefill chooses the kernel);
-// then the bias.
+// The prefill path, for input [m, k] with m > kDecodeMaxRows or rows the decode kernel cannot
+// serve (plan_prefill chooses the kernel); then the bias.
 Tensor linear_prefill(
     const Tensor& input2d, const WeightView& view, const std::optional<Tensor>& bias) {
   const ScalarType dtype = input2d.scalar_type();
@@ -200,13 +205,17 @@ Tensor linear_native(
   const int64_t m = input.numel() / k;
   std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
   out_sizes.back() = w.view.n;
-  if (m > kDecodeMaxRows) {
-    const Tensor input2d = as_contiguous(torch::stable::reshape(input, {m, k}));
-    return torch::stable::reshape(linear_prefill(input2d, w.view, bias), out_sizes);
+  if (m <= kDecodeMaxRows) {
+    const std::optional<Tensor> bias_param =
+        bias.has_value() ? std::optional<Tensor>(param_tensor(*bias)) : std::nullopt;
+    std::optional<Tensor> out =
+        linear_decode(as_contiguous(input), m, w.view, params_of(bias_param), out_sizes);
+    if (out.has_value()) {
+      return *out;
+    }
   }
-  const std::optional<Tensor> bias_param =
-      bias.has_value() ? std::optional<Tensor>(param_tensor(*bias)) : std::nullopt;
-  return linear_decode(as_contiguous(input), m, w.view, params_of(bias_param), out_sizes);
+  const Tensor input2d = as_contiguous(torch::stable::reshape(input, {m, k}));
+  return torch::stable::reshape(linear_prefill(input2d, w.view, bias), out_sizes);
 }
 
 // The native kernels cover float32/bfloat16/float16 activations and a non-empty problem.

@@ -3,6 +3,7 @@
 #include "qkernels/linear_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <type_traits>
 
@@ -128,6 +129,14 @@ DecodeInput prepare_decode_input(
       return float32_input(plan, static_cast<const float*>(x), m, w, floats);
   }
   return {x, nullptr};
+}
+
+bool decode_serves(const DecodeInput& in, int64_t m, const WeightView& w) {
+  if (in.group_sums == nullptr) {
+    return true;
+  }
+  const int64_t sums = m * (w.k / w.group_size);
+  return std::all_of(in.group_sums, in.group_sums + sums, [](float s) { return std::isfinite(s); });
 }
 
 PrefillKernel plan_prefill(Isa isa, OutputDtype dtype) {

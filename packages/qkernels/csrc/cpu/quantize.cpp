@@ -245,8 +245,9 @@ float smallest_normal() {
   }
 }
 
-// scale[r] = max|x[r, :]| / qmax in fp32 (1 when that is 0 or NaN, at least smallest_normal),
-// stored in In, for the rows of a contiguous [rows, width] tensor.
+// scale[r] = max|x[r, :]| / qmax in fp32 (1 when that is 0, at least smallest_normal; NaN for a
+// row holding a NaN, Inf for one holding an Inf), stored in In, for the rows of a contiguous
+// [rows, width] tensor.
 template <class In>
 void dynamic_scales(const Tensor& x, float qmax, Tensor& scale) {
   using Bits = BitsOf<In>;
@@ -261,8 +262,8 @@ void dynamic_scales(const Tensor& x, float qmax, Tensor& scale) {
       In value;
       std::memcpy(&value, &largest, sizeof(value));
       const float absmax = static_cast<float>(value);
-      const float s = absmax > 0.0f ? absmax / qmax : 1.0f;
-      out[r] = static_cast<In>(std::max(s, smallest_normal<In>()));
+      const float s = absmax == 0.0f ? 1.0f : absmax / qmax;
+      out[r] = static_cast<In>(s < smallest_normal<In>() ? smallest_normal<In>() : s);
     }
   });
 }

@@ -39,16 +39,24 @@ struct Avx2 {
     return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   }
 
-  // The 8 float8 codes in the low half of `bytes` as floats (see Avx512::float8_to_float).
+  // The 16 float8 codes of `bytes` as floats (see Avx512::float8_to_float), widened to 16-bit
+  // halves in one register and converted 8 at a time.
   template <WeightFormat Format>
-  static F float8_to_float(__m128i bytes) {
+  static Pair float8_to_float(__m128i bytes) {
     if constexpr (Format == WeightFormat::kFloat8E5M2) {
-      return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8));
+      return halves_to_float(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8));
     } else {
-      const __m128i half =
-          _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(bytes), 7), _mm_set1_epi16(-0x4001));
-      return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f));
+      const __m256i shifted = _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7);
+      const __m256i carry = _mm256_and_si256(
+          _mm256_add_epi16(shifted, _mm256_set1_epi16(0x80)), _mm256_set1_epi16(0x4000));
+      const Pair scaled = halves_to_float(_mm256_xor_si256(shifted, carry));
+      const F unit = _mm256_set1_ps(256.0f);
+      return {_mm256_mul_ps(scaled.lo, unit), _mm256_mul_ps(scaled.hi, unit)};
     }
+  }
+  static Pair halves_to_float(__m256i halves) {
+    return {_mm256_cvtph_ps(_mm256_castsi256_si128(halves)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256(halves, 1))};
   }
 
   // Codes k .. k + 15 of a row; k * bits is a multiple of 8.
@@ -74,7 +82,7 @@ struct Avx2 {
       return {int32_to_float(_mm256_and_si256(_mm256_srlv_epi32(broadcast, low_shifts), mask)),
               int32_to_float(_mm256_and_si256(_mm256_srlv_epi32(broadcast, high_shifts), mask))};
     } else {
-      return {float8_to_float<Format>(load8(row + k)), float8_to_float<Format>(load8(row + k + 8))};
+      return float8_to_float<Format>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k)));
     }
   }
 

@@ -81,13 +81,19 @@ struct Avx512 {
   // The 16 float8 codes of `bytes` as floats. e5m2 is the high byte of an IEEE half. e4m3 codes,
   // sign-extended to 16 bits and shifted left by 7, are a half (once bit 14, a copy of the sign,
   // is cleared) that reads as value / 2^8, subnormals included: exponent bias 15 instead of 7.
+  // Bit 14 of w + 0x80 is bit 14 of w flipped by the carry out of bits 13..7, which only the
+  // NaN magnitude S.1111.111 (all ones there) produces: w ^ ((w + 0x80) & 0x4000), ternary
+  // logic 0x78, puts that carry in place of the sign's copy, so the NaN code reads as a half
+  // NaN (exponent all ones, mantissa not zero) instead of 480.
   template <WeightFormat Format>
   static F float8_to_float(__m128i bytes) {
     if constexpr (Format == WeightFormat::kFloat8E5M2) {
       return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8));
     } else {
-      const __m256i half = _mm256_and_si256(
-          _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7), _mm256_set1_epi16(-0x4001));
+      const __m256i shifted = _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7);
+      const __m256i half = _mm256_ternarylogic_epi32(
+          shifted, _mm256_add_epi16(shifted, _mm256_set1_epi16(0x80)), _mm256_set1_epi16(0x4000),
+          0x78);
       return _mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.0f));
     }
   }

@@ -48,6 +48,13 @@ DecodeInput prepare_decode_input(
     const DecodePlan& plan, const void* x, OutputDtype dtype, int64_t m, const WeightView& weight,
     void* scratch);
 
+// Whether the decode kernel can serve the prepared x: those that read group sums take the zero
+// point out of the products (sum x * (q - z) = sum x * q - z * sum x), which turns an infinite
+// x, or sums that overflow, into inf - inf = NaN where the reference's products give +-inf. So
+// only when every group sum is finite; otherwise the call takes the prefill path, whose products
+// are per code, as the reference's.
+bool decode_serves(const DecodeInput& in, int64_t m, const WeightView& weight);
+
 // ---- prefill: x [m, k] with m > kDecodeMaxRows ------------------------------------------------
 
 enum class PrefillKernel : int {

@@ -33,11 +33,12 @@ __all__ = [
 def quantize_symmetric(
     input: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """codes = input / scale, rounded and clamped to int8, or clamped to ±finfo.max for float8."""
+    """codes = input / scale, rounded and clamped to int8 (NaN, which int8 cannot hold, to 0),
+    or clamped to ±finfo.max for float8 (NaN stays NaN)."""
     v.check_quantize_symmetric(input, scale, dtype)
     scaled = input.float() / scale.float()
     if dtype == torch.int8:
-        return scaled.round().clamp(-128, 127).to(torch.int8)
+        return scaled.round().clamp(-128, 127).nan_to_num(0.0).to(torch.int8)
     limit = torch.finfo(dtype).max
     return scaled.clamp(-limit, limit).to(dtype)
 
@@ -46,7 +47,10 @@ def quantize_dynamic(input: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Ten
     """(codes, scale) with one scale per row of the last dimension, in input's dtype.
 
     scale = max|row| / qmax in fp32 (qmax: 127 for int8, finfo(dtype).max for float8), 1 where
-    that is 0 or NaN, at least finfo(input.dtype).tiny; codes = quantize_symmetric(input, scale).
+    that is 0, at least finfo(input.dtype).tiny; codes = quantize_symmetric(input, scale). A row
+    holding a NaN gets a NaN scale and one holding ±Inf an infinite one: either way the row
+    dequantizes to NaN (NaN * code, or 0 * Inf), as the float model computes x / s * s with that
+    s, and int8 has no NaN code to keep a NaN in.
     """
     v.check_quantize_dynamic(input, dtype)
     qmax = 127.0 if dtype == torch.int8 else torch.finfo(dtype).max
@@ -54,7 +58,7 @@ def quantize_dynamic(input: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Ten
         absmax = input.new_zeros(*input.shape[:-1], 1, dtype=torch.float32)
     else:
         absmax = input.abs().amax(dim=-1, keepdim=True).float()
-    scale = torch.where(absmax > 0, absmax / qmax, 1.0).clamp(min=torch.finfo(input.dtype).tiny)
+    scale = torch.where(absmax == 0, 1.0, absmax / qmax).clamp(min=torch.finfo(input.dtype).tiny)
     scale = scale.to(input.dtype)
     return quantize_symmetric(input, scale, dtype), scale
 
@@ -74,13 +78,21 @@ def quantize_affine(
     bits: int,
     group_size: int,
 ) -> torch.Tensor:
-    """uint8 codes = clamp(round(input / scale + zero_point), 0, 2**bits - 1), per group of K."""
+    """uint8 codes = clamp(round(input / scale + zero_point), 0, 2**bits - 1), per group of K.
+
+    A code whose value (code - zero_point) * scale would overflow input's dtype is moved one step
+    toward the zero point: near the dtype's limit the rounded zero point can shift a min-max
+    grid's end code half a step past it, and that value would dequantize to ±Inf.
+    """
     v.check_quantize_affine(input, scale, zero_point, bits, group_size)
     rows, k = input.shape
     grouped = input.float().reshape(rows, k // group_size, group_size)
-    scaled = grouped / scale.float().unsqueeze(-1) + zero_point.float().unsqueeze(-1)
-    codes = scaled.round().clamp(0, 2**bits - 1).to(torch.uint8)
-    return codes.reshape(rows, k)
+    scale, zero_point = scale.float().unsqueeze(-1), zero_point.float().unsqueeze(-1)
+    codes = (grouped / scale + zero_point).round().clamp(0, 2**bits - 1)
+    # the value as dequantize_affine computes it
+    overflows = ((codes - zero_point) * scale).to(input.dtype).isinf()
+    codes = torch.where(overflows, codes - (codes - zero_point).sign(), codes)
+    return codes.clamp(0, 2**bits - 1).to(torch.uint8).reshape(rows, k)
 
 
 def dequantize_affine(

@@ -15,13 +15,17 @@ def absmax_scale(x: torch.Tensor, qtype: QType, axis: int | None = 0) -> torch.T
 
     `axis` is the dimension kept (one scale per index along it, shaped to broadcast
     against `x`); None gives one scale for the whole tensor. An all-zero slice gets
-    scale 1 so that it quantizes to exact zeros instead of dividing by zero.
+    scale 1 so that it quantizes to exact zeros instead of dividing by zero. The scale is at
+    most the largest one with which every code dequantizes to a finite value of x's dtype
+    (which only weights within 1% of finfo.max reach: their largest codes may then clip by up
+    to one step instead of half a step).
     """
     if qtype.layout != SYMMETRIC:
         raise ValueError(f"absmax_scale is for 8-bit qtypes; {qtype} uses minmax_affine_params")
     dims = _reduced_dims(x, axis)
     absmax = x.abs().amax(dim=dims, keepdim=True) if dims else x.abs()
-    return _safe_scale(absmax.float() / qtype.qmax, absmax, x.dtype)
+    scale = _safe_scale(absmax.to(_wide(x)) / qtype.qmax, absmax, x.dtype)
+    return scale.clamp(max=_largest_finite_scale(x.dtype, max(-qtype.qmin, qtype.qmax)))
 
 
 # Float8 keeps a fixed relative precision, so scales between absmax/qmax and twice that all fit
@@ -40,12 +44,20 @@ def symmetric_scale(x: torch.Tensor, qtype: QType, axis: int | None = 0) -> torc
     if not qtype.is_floating_point:
         return scale
     dims = _reduced_dims(x, axis)
-    values = x.float()
+    wide = _wide(x)
+    # Errors in units of a power of two near each scale: exact, so they rank the candidates as
+    # in the weight's units, and their squares stay finite for weights near finfo.max.
+    unit = torch.ldexp(torch.ones_like(scale, dtype=wide), torch.frexp(scale.to(wide)).exponent)
+    values = x.to(wide) / unit
 
     def with_error(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        candidate = (scale.float() * 2 ** (step / FLOAT8_SCALE_CANDIDATES)).to(x.dtype)
-        codes = (values / candidate.float()).clamp(qtype.qmin, qtype.qmax).to(qtype.dtype)
-        error = (codes.float() * candidate.float() - values).square()
+        candidate = (scale.to(wide) * 2 ** (step / FLOAT8_SCALE_CANDIDATES)).to(x.dtype)
+        ratio = candidate.to(wide) / unit
+        codes = (values / ratio).clamp(qtype.qmin, qtype.qmax).to(qtype.dtype).to(wide)
+        error = (codes * ratio - values).square()
+        # a candidate whose largest code dequantizes past finfo(x.dtype).max is never chosen
+        overflows = (codes * candidate.to(wide)).to(x.dtype).isinf()
+        error = torch.where(overflows, torch.inf, error)
         return candidate, error.sum(dim=dims, keepdim=True) if dims else error
 
     return least_error_candidate(map(with_error, range(FLOAT8_SCALE_CANDIDATES)))
@@ -101,10 +113,13 @@ def minmax_affine_params(
             f"expected a 2D tensor whose columns divide into groups of {group_size}, "
             f"got shape {tuple(x.shape)}"
         )
-    groups = x.float().reshape(x.shape[0], -1, group_size)
+    groups = x.to(_wide(x)).reshape(x.shape[0], -1, group_size)
     low = groups.amin(dim=-1).clamp(max=0)
     high = groups.amax(dim=-1).clamp(min=0)
-    scale = _safe_scale((high - low) / qtype.qmax, high - low, x.dtype).float()
+    extent = high - low
+    # for weights near ±finfo.max the extent overflows: halving both ends first keeps it finite
+    step = torch.where(extent.isinf(), (high / 2 - low / 2) / (qtype.qmax / 2), extent / qtype.qmax)
+    scale = _safe_scale(step, extent, x.dtype).to(_wide(x))
     zero_point = torch.round(-low / scale).clamp(qtype.qmin, qtype.qmax).to(torch.uint8)
     return scale.to(x.dtype), zero_point
 
@@ -115,6 +130,21 @@ def _reduced_dims(x: torch.Tensor, axis: int | None) -> list[int]:
         return list(range(x.dim()))
     axis = axis % x.dim()
     return [d for d in range(x.dim()) if d != axis]
+
+
+def _largest_finite_scale(dtype: torch.dtype, largest_code: float) -> float:
+    """The largest scale of `dtype` whose product with `largest_code`, computed as the
+    dequantizers do (in float32, or float64, then cast), is finite in `dtype`."""
+    wide = torch.promote_types(dtype, torch.float32)
+    scale = torch.tensor(torch.finfo(dtype).max / largest_code, dtype=wide).to(dtype)
+    if (scale.to(wide) * largest_code).to(dtype).isinf():
+        scale = torch.nextafter(scale, torch.zeros_like(scale))
+    return scale.item()
+
+
+def _wide(x: torch.Tensor) -> torch.dtype:
+    """The dtype scale math on x runs in: float32, or float64 for float64 x."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _safe_scale(scale: torch.Tensor, extent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

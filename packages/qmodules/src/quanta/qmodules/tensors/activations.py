@@ -6,6 +6,14 @@ relu, cat of equal scales) keep a per-tensor activation quantized; softmax retur
 quantized with scale 1/qmax; matmul/bmm of two quantized activations multiplies the codes and
 scales once, and so does a linear of int8 activations with int8 weights (quanta::linear_int8);
 anything else runs on the dequantized tensor (the QTensor fallback).
+
+NaN in, NaN out. float8 codes hold NaN; int8 codes cannot, so a NaN input makes the scale that
+covers it NaN: a dynamic row holding a NaN dequantizes to NaN as a whole (so does that row of
+the next linear's output, as in the float model), a static tensor holding one dequantizes to NaN
+as a whole (its one scale covers it all: marking rows would take a scale per row, which would
+take static activations off the per-tensor paths above). ±Inf: static activations saturate to
+the largest code, as the dequantized float model clamps them; a dynamic row holding one has an
+infinite scale and dequantizes to NaN (0 * Inf), where the float model's linear gives ±Inf or NaN.
 """
 
 from __future__ import annotations
@@ -66,7 +74,8 @@ class QActivationTensor(QSymmetricTensor):
 
         def quantize(tensor: torch.Tensor) -> QActivationTensor:
             codes = torch.ops.quanta.quantize_symmetric(tensor, scale, qtype.dtype)
-            return cls(codes, scale, qtype, tensor.shape)
+            kept = scale if qtype.is_floating_point else _nan_where_covered_is(tensor, scale)
+            return cls(codes, kept, qtype, tensor.shape)
 
         return straight_through_quantize(x, quantize)
 
@@ -96,6 +105,17 @@ class QActivationTensor(QSymmetricTensor):
     def with_codes(self, codes: torch.Tensor) -> QActivationTensor:
         """The same scale and qtype over other codes (a rearrangement of these)."""
         return QActivationTensor(codes, self.scale, self.qtype, codes.shape)
+
+
+def _nan_where_covered_is(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`scale`, NaN where the elements of x it covers (it broadcasts against x) hold a NaN: int8
+    codes have none, so the scale keeps it. One reduction (amax propagates NaN), no host sync."""
+    if x.numel() == 0:
+        return scale
+    offset = x.dim() - scale.dim()
+    dims = [d for d in range(x.dim()) if d < offset or scale.shape[d - offset] == 1]
+    largest = (x.amax(dim=dims, keepdim=True) if dims else x).reshape(scale.shape)
+    return torch.where(largest.isnan(), largest.to(scale.dtype), scale)
 
 
 def _per_tensor(value: Any) -> bool:
