@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from quanta.qio import CheckpointMismatchError, load
+from quanta.qio import CheckpointMismatchError, CorruptCheckpointError, load
 
 quanto = pytest.importorskip("optimum.quanto")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -100,3 +100,18 @@ def test_quanto_checkpoint_for_another_model_is_refused(tmp_path, inputs):
         other = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 300), nn.GELU())
     with pytest.raises(CheckpointMismatchError, match=r"'0\.weight\._data'"):
         load(tmp_path, other, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "canonical"),
+    [("0.weight._scale", "0.weight.scale"), ("2.input_scale", "2.input_scale")],
+)
+def test_quanto_nan_scales_are_refused(tmp_path, inputs, key, canonical):
+    _quanto_checkpoint(tmp_path, "qint4", "qint8", inputs(4, 256))
+    state = safetensors_torch.load_file(tmp_path / "model.safetensors")
+    state[key] = torch.full_like(state[key], float("nan"))
+    safetensors_torch.save_file(state, tmp_path / "model.safetensors")
+    with torch.device("meta"):
+        skeleton = net()
+    with pytest.raises(CorruptCheckpointError, match=rf"scale '{canonical}' of module"):
+        load(tmp_path, skeleton, progress=False)

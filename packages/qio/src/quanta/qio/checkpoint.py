@@ -15,6 +15,7 @@ from quanta.qio.expected import TensorSpec
 from quanta.qio.files import find_files, read_index
 from quanta.qio.safetensors_format import (
     SafetensorsHeader,
+    file_digest,
     open_safetensors,
     read_header,
     read_tensor,
@@ -22,6 +23,8 @@ from quanta.qio.safetensors_format import (
 )
 
 CONFIG_KEY = "quanta.config"  # safetensors metadata (and index metadata) key of the config
+SAVE_ID_KEY = "quanta.save_id"  # the id of the save that wrote a file (and an index)
+FILE_DIGESTS_KEY = "quanta.file_digests"  # index metadata: file name -> its `file_digest`
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ def open_files(path: Path) -> tuple[StoredTensors, dict]:
     """Read and cross-check the headers of every file of the checkpoint at `path`.
 
     Returns them with the index metadata ({} without an index). Each key must live in exactly
-    one file, the one the index names.
+    one file, the one the index names; the files of an index that records its save must all
+    be that save's.
     """
     files, index_path = find_files(path)
     headers = [read_header(file) for file in files]
@@ -65,7 +69,29 @@ def open_files(path: Path) -> tuple[StoredTensors, dict]:
         raise CorruptCheckpointError(
             f"{index_path}: the index and the files disagree on where keys are, e.g. {wrong}"
         )
+    if SAVE_ID_KEY in metadata:  # indexes of older quanta saves, or of others, record none
+        _check_one_save(headers, metadata, index_path)
     return StoredTensors(headers, location), metadata
+
+
+def _check_one_save(headers: list[SafetensorsHeader], metadata: dict, index_path: Path) -> None:
+    """Refuse a file written by another save than the index's, or changed since."""
+    save_id, digests = metadata[SAVE_ID_KEY], metadata.get(FILE_DIGESTS_KEY)
+    if not isinstance(digests, dict) or set(digests) != {header.path.name for header in headers}:
+        raise CorruptCheckpointError(
+            f"{index_path}: {FILE_DIGESTS_KEY} must hold a digest for each file of the index"
+        )
+    for header in headers:
+        if header.metadata.get(SAVE_ID_KEY) != save_id:
+            raise CorruptCheckpointError(
+                f"{header.path}: written by save {header.metadata.get(SAVE_ID_KEY)!r}, not by "
+                f"save {save_id!r} that wrote {index_path.name}: the folder mixes checkpoints"
+            )
+        if file_digest(header.metadata) != digests[header.path.name]:
+            raise CorruptCheckpointError(
+                f"{header.path}: its checksums do not match the digest {index_path.name} "
+                "records for it; the file was changed after the save"
+            )
 
 
 def read_stored(

@@ -50,10 +50,14 @@ def persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
     return [buffer for buffer in model.buffers() if id(buffer) in stateful]
 
 
-def expected_state(model: nn.Module, config: QuantizationConfig) -> dict[str, TensorSpec]:
-    """Every key the checkpoint of `model` quantized by `config` holds, with shape and dtype."""
-    shadow = apply_quantization_config(meta_skeleton(model), stored_layout(config))
-    freeze(shadow)
+def quantized_shadow(model: nn.Module, config: QuantizationConfig) -> nn.Module:
+    """A meta copy of `model` quantized by `config` and frozen: the modules a checkpoint fills."""
+    return freeze(apply_quantization_config(meta_skeleton(model), stored_layout(config)))
+
+
+def expected_state(shadow: nn.Module, config: QuantizationConfig) -> dict[str, TensorSpec]:
+    """Every key the checkpoint of the `quantized_shadow` of a model holds, with shape and
+    dtype."""
     specs = {key: TensorSpec(tuple(t.shape), t.dtype) for key, t in shadow.state_dict().items()}
     for name, entry in config.modules.items():
         if entry.float_zero_point:  # HQQ-style zero points are floats, in the scale's dtype

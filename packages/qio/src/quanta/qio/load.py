@@ -11,13 +11,16 @@ from torch import nn
 
 from quanta.qio.checkpoint import QuantaCheckpoint
 from quanta.qio.config import QuantizationConfig, apply_quantization_config
+from quanta.qio.errors import CorruptCheckpointError
 from quanta.qio.expected import (
     check_no_meta_leftovers,
     check_specs,
     expected_state,
     persistent_buffers,
+    quantized_shadow,
 )
 from quanta.qio.quanto import QUANTO_MAP_FILE, QuantoCheckpoint
+from quanta.qio.scales import non_finite_scale, scale_keys
 
 
 def load(
@@ -35,10 +38,11 @@ def load(
     the checkpoint's config says and its tensors are replaced by the stored ones, read shard by
     shard onto `device`; float weights are never allocated. Folders of optimum-quanto (with a
     `quanto_qmap.json`) are read too. Every file, key, shape and dtype is checked before the model
-    is changed: a mismatch, a corrupt file or an unknown version raises a CheckpointError
-    (a ValueError) and leaves the model as it was. `strict=False` skips unexpected keys and
-    keeps the model's own (non-meta) tensors for missing ones; `verify_checksums=False` skips
-    hashing the bytes read; `progress` shows a progress bar (tqdm).
+    is changed: a mismatch, a corrupt or non-regular file, a missing shard, a NaN or Inf scale or
+    an unknown version raises a CheckpointError (a ValueError) and leaves the model as it was.
+    `strict=False` skips unexpected keys and keeps the model's own (non-meta) tensors for
+    missing ones; `verify_checksums=False` skips hashing the bytes read; `progress` shows a
+    progress bar (tqdm).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -51,10 +55,17 @@ def load(
     else:
         checkpoint = QuantaCheckpoint(path, verify_checksums)
     config = checkpoint.config if strict else _modules_present(checkpoint.config, model)
-    expected = expected_state(model, config)
+    shadow = quantized_shadow(model, config)
+    expected = expected_state(shadow, config)
     check_no_meta_leftovers(model)
     keys = check_specs(checkpoint.specs, expected, config, strict, model)
     staged = checkpoint.read(keys, device, progress)
+    bad = non_finite_scale(staged, scale_keys(shadow))
+    if bad is not None:
+        raise CorruptCheckpointError(
+            f"{path}: scale {bad[0]!r} of module {bad[1]!r} holds NaN or Inf; a model loaded "
+            "from it would output NaN"
+        )
     for alias, target in config.aliases.items():
         if alias in expected and alias not in staged:
             staged[alias] = staged[target]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from quanta.qio.atomic import atomic_write
 from quanta.qio.errors import ChecksumMismatchError, CorruptCheckpointError
+from quanta.qio.files import check_regular
 
 # The dtypes a checkpoint holds, by the safetensors names the checksums hash (the library has no
 # public table of these names).
@@ -46,6 +48,11 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 METADATA = "__metadata__"
 CHECKSUMS = "quanta.checksums"  # metadata key: JSON object tensor name -> SHA-256 hex
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A header may take this many bytes, plus as many as the file's tensor data: quanta's hold about
+# 200 bytes per tensor and the config (about 300 bytes per module), so real files stay far below,
+# while a header of a million empty entries is refused before it is parsed (the library's own
+# limit, 100 MB, takes half a minute and gigabytes of memory to parse).
+HEADER_FLOOR_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,17 @@ def metadata_checksum(metadata: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(others, sort_keys=True).encode()).hexdigest()
 
 
+def file_digest(metadata: dict[str, str]) -> str:
+    """SHA-256 of a file's checksums (of every tensor and of the rest of the metadata): what
+    an index records to bind the file to it."""
+    return hashlib.sha256(metadata.get(CHECKSUMS, "").encode()).hexdigest()
+
+
 def write_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> None:
-    """Write `tensors` (of dtypes in DTYPE_NAMES) and `metadata`, with checksums, atomically.
+) -> str:
+    """Write `tensors` (of dtypes in DTYPE_NAMES) and `metadata`, with checksums, to `path`
+    (not atomically: see quanta.qio.save); returns the file's digest (`file_digest`).
 
     The checksums go to metadata["quanta.checksums"], a JSON object: tensor name -> SHA-256,
     and "__metadata__" -> the SHA-256 of the rest of the metadata.
@@ -102,8 +116,9 @@ def write_safetensors(
     on_cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     checksums = {name: tensor_checksum(name, tensor) for name, tensor in on_cpu.items()}
     checksums[METADATA] = metadata_checksum(metadata)
-    with atomic_write(path) as temporary:
-        save_file(on_cpu, temporary, {**metadata, CHECKSUMS: json.dumps(checksums)})
+    written = {**metadata, CHECKSUMS: json.dumps(checksums)}
+    save_file(on_cpu, path, written)
+    return file_digest(written)
 
 
 @contextmanager
@@ -119,8 +134,28 @@ def open_safetensors(path: Path) -> Iterator[safe_open]:
         ) from None
 
 
+def check_header_size(path: Path) -> None:
+    """Refuse a file that is not regular, or whose header is large for its data
+    (`HEADER_FLOOR_BYTES`), before the library parses the header."""
+    check_regular(path)
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        prefix = file.read(8)
+    if len(prefix) < 8:
+        raise CorruptCheckpointError(f"{path}: {size} bytes, too short for a safetensors file")
+    (header,) = struct.unpack("<Q", prefix)
+    data = size - 8 - header
+    if data < 0 or header > HEADER_FLOOR_BYTES + data:
+        raise CorruptCheckpointError(
+            f"{path}: a header of {header} bytes for {max(data, 0)} bytes of tensor data is more "
+            f"than quanta reads ({HEADER_FLOOR_BYTES} bytes plus the data's size); the file is "
+            "truncated or corrupt"
+        )
+
+
 def read_header(path: Path) -> SafetensorsHeader:
     """The header of the safetensors file at `path`, checked against the file by the library."""
+    check_header_size(path)
     with open_safetensors(path) as file:
         entries = {name: _entry(file, name, path) for name in file.offset_keys()}
         return SafetensorsHeader(path, entries, file.metadata() or {})
