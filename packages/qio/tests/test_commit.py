@@ -59,6 +59,7 @@ def _forked_save(model, folder, *, die_at_step=None, kill_after=None, **options)
     if pid == 0:  # the child: exits without returning into pytest
         code = 1
         try:
+            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive a fork
             if die_at_step is not None:
                 _die_at_step(die_at_step)
             save(model, folder, **options)
