@@ -323,7 +323,8 @@ def test_uncalibrated_static_activations_warn_once_per_module(uniform_inputs):
     with pytest.warns(UserWarning, match=UNCALIBRATED) as caught:
         model(inputs)
     messages = [str(w.message) for w in caught if UNCALIBRATED in str(w.message)]
-    assert len(messages) == 2 and "'0'" in messages[0] and "'2'" in messages[1]
+    # one text, so that Python's default filter shows it once for a whole model
+    assert len(messages) == 2 and messages[0] == messages[1]
     assert "quanta.qcalib.Calibration" in messages[0] and "dynamic" in messages[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

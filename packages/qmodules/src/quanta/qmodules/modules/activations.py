@@ -173,9 +173,9 @@ class QActivationMixin:
         return quantized
 
     def _warn_if_uncalibrated(self) -> None:
-        """Warn once if a static scale is still the 1.0 placeholder that quantize() set (never
-        calibrated, observed, loaded nor assigned): int8 activations of |x| < 1 then round to a
-        few codes (relative error near 1)."""
+        """Warn on the first forward if a static scale is still the 1.0 placeholder that
+        quantize() set (never calibrated, observed, loaded nor assigned): int8 activations of
+        |x| < 1 then round to a few codes (relative error near 1)."""
         if _observers() or _activations_float():
             return  # being calibrated (or measured in float): the scales are not used yet
         self._check_calibration = False
@@ -185,11 +185,12 @@ class QActivationMixin:
             if not scale.is_meta and bool(scale == 1)
         ]
         if unset:
+            # one text for every module: Python's default filter then shows it once, not once
+            # for each of a model's hundreds of modules
             warnings.warn(
-                f"module {self.quantized_name or type(self).__name__!r} quantizes its activations "
-                f"with static scales that were never calibrated ({', '.join(unset)} still 1.0, "
-                "the placeholder quantize() sets): its outputs can be far from the float "
-                "model's. Run sample batches through the model inside `with "
+                "quantized modules ran with static activation scales that were never calibrated "
+                "(still the 1.0 placeholder quantize() sets): their outputs can be far from the "
+                "float model's. Run sample batches through the model inside `with "
                 'quanta.qcalib.Calibration():` first, or quantize with activations_mode="dynamic"',
                 stacklevel=2,
             )
