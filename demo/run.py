@@ -108,7 +108,7 @@ def quantized_copy(
         quantize(qmodel, weights, exclude=exclude, group_size=group_size if grouped else None)
         bar.update()
         for name in layer_names:
-            freeze(qmodel.get_submodule(name))
+            freeze(qmodel.get_submodule(name), progress=False)  # this bar counts the modules
             bar.update()
     return qmodel.eval()
 

@@ -177,3 +177,27 @@ def test_weight_memory_counts_every_stored_byte_and_matches_before_freeze():
     assert planned.quantized_bytes == codes + scales + zero_points
     assert weight_memory(nn.Linear(4, 4)) == WeightMemory(0, 0)
     assert math.isclose(weight_memory(net()).float_bytes, 0)
+
+
+@pytest.fixture
+def bars_at_once(monkeypatch):
+    """Bars shown from the first step: stands for a phase that runs over a second."""
+    monkeypatch.setattr("quanta.qmodules.progress.DELAY_S", 0.0)
+
+
+def test_a_long_freeze_shows_a_bar_over_the_modules(bars_at_once, capsys):
+    freeze(quantize(net(), weights="int4"))
+    shown = capsys.readouterr().err
+    assert "freeze:" in shown and "0/3 " in shown and "module" in shown  # 3 modules
+
+
+def test_no_bar_with_progress_false(bars_at_once, capsys):
+    model = freeze(quantize(net(), weights="int4"), progress=False)
+    assert model.fc1.is_frozen and capsys.readouterr().err == ""
+
+
+def test_no_bar_for_a_freeze_under_a_second(capsys):
+    freeze(quantize(net(), weights="int4"), progress=False)  # torch's one-time imports
+    capsys.readouterr()
+    model = freeze(quantize(net(), weights="int4"))
+    assert model.fc2.is_frozen and capsys.readouterr().err == ""

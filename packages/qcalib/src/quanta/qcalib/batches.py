@@ -6,17 +6,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
+
+from quanta.qmodules import progress_bar
 
 
 def run_batches(model: nn.Module, batches: Iterable[Any], progress: bool = False) -> int:
     """Run every batch through `model`; returns how many ran.
 
     A batch is a tensor (`model(batch)`), a tuple or list (`model(*batch)`) or a dict
-    (`model(**batch)`). `progress` shows a tqdm bar.
+    (`model(**batch)`). `progress` shows a bar when the batches take over a second.
     """
     count = 0
-    for batch in tqdm(batches, desc="calibration batches", leave=False, disable=not progress):
+    for batch in progress_bar(batches, desc="calibration batches", progress=progress):
         if isinstance(batch, dict):
             model(**batch)
         elif isinstance(batch, (tuple, list)):

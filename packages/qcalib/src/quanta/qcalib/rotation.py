@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from quanta.qmodules import QLinear, hadamard_block_size
+from quanta.qmodules import QLinear, hadamard_block_size, progress_bar
 
 
 def rotate(
@@ -22,6 +22,8 @@ def rotate(
     include: str | Sequence[str] = "*",
     block_size: int | None = None,
     seed: int = 0,
+    *,
+    progress: bool = True,
 ) -> nn.Module:
     """Rotate the inputs of the activation-quantized, not yet frozen QLinears whose qualified
     names match `include` (fnmatch patterns); returns `model`.
@@ -29,7 +31,8 @@ def rotate(
     Call after `quantize(..., activations=...)` and `smooth()`, before `Calibration` and
     `freeze`. `block_size` (a power of two dividing in_features) defaults to the largest such
     power up to 512. Each module gets the buffer `input_rotation` (its random signs, from `seed`
-    and the module's position), saved in the state_dict.
+    and the module's position), saved in the state_dict. `progress` shows a bar over the
+    modules when rotating takes over a second.
     """
     patterns = (include,) if isinstance(include, str) else include
     if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
@@ -51,6 +54,8 @@ def rotate(
         )
     # every block checked before any module changes
     blocks = [hadamard_block_size(module.in_features, block_size) for _, module in modules]
-    for index, ((_, module), block) in enumerate(zip(modules, blocks, strict=True)):
+    pairs = zip(modules, blocks, strict=True)
+    bar = progress_bar(pairs, desc="rotate", total=len(modules), unit="module", progress=progress)
+    for index, ((_, module), block) in enumerate(bar):
         module.rotate_input(block, seed=seed + index)
     return model

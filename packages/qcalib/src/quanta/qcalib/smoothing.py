@@ -22,14 +22,16 @@ MIN_RANGE = 1e-5
 
 
 @torch.no_grad()
-def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.Module:
+def smooth(
+    model: nn.Module, batches: Iterable[Any], alpha: float = 0.5, *, progress: bool = True
+) -> nn.Module:
     """Smooth the inputs of every activation-quantized, not yet frozen QLinear of `model`.
 
     Call after `quantize(..., activations=...)` and before `Calibration` and `freeze`: the
     batches (tensors, or tuples / dicts of model arguments) are run in float to measure max|x|
     per input channel; each module then divides its input by s at run time (buffer
     `input_smoothing`, saved in the state_dict) and its float weight columns are multiplied by s.
-    Returns `model`.
+    Returns `model`. `progress` shows a bar over the batches when they take over a second.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
@@ -57,7 +59,7 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float = 0.5) -> nn.M
     handles = [module.register_forward_pre_hook(record) for module in modules]
     try:
         with float_activations():  # measure float activations: no quantization while running
-            count = run_batches(model, batches)
+            count = run_batches(model, batches, progress)
     finally:
         for handle in handles:
             handle.remove()

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from quanta.qio.config import QuantizationConfig, parse_config
 from quanta.qio.errors import CorruptCheckpointError, UnsupportedCheckpointError
@@ -21,6 +20,7 @@ from quanta.qio.safetensors_format import (
     read_tensor,
     verified_checksums,
 )
+from quanta.qmodules import progress_bar
 
 CONFIG_KEY = "quanta.config"  # safetensors metadata (and index metadata) key of the config
 SAVE_ID_KEY = "quanta.save_id"  # the id of the save that wrote a file (and an index)
@@ -103,14 +103,14 @@ def read_stored(
     """Yield (key, CPU tensor) for `keys`, file by file in storage order, checked if asked."""
     wanted = set(keys)
     total = sum(stored.location[key].entries[key].nbytes for key in wanted)
-    with tqdm(
-        total=total, desc="load", unit="B", unit_scale=True, leave=False, disable=not progress
+    with progress_bar(
+        desc="load", total=total, unit="B", unit_scale=True, progress=progress
     ) as bar:
         for header in stored.headers:
             names = [name for name in header.entries if name in wanted]
             if not names:
                 continue
-            bar.set_description(f"load {header.path.name}")
+            bar.set_description(f"load {header.path.name}", refresh=False)  # shown after the delay
             with open_safetensors(header.path) as file:
                 for name in names:
                     expected = None if checksums is None else checksums[name]

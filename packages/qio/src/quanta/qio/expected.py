@@ -52,7 +52,8 @@ def persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 def quantized_shadow(model: nn.Module, config: QuantizationConfig) -> nn.Module:
     """A meta copy of `model` quantized by `config` and frozen: the modules a checkpoint fills."""
-    return freeze(apply_quantization_config(meta_skeleton(model), stored_layout(config)))
+    shadow = apply_quantization_config(meta_skeleton(model), stored_layout(config))
+    return freeze(shadow, progress=False)  # part of loading: its bar is load's
 
 
 def expected_state(shadow: nn.Module, config: QuantizationConfig) -> dict[str, TensorSpec]:

@@ -42,7 +42,7 @@ def load(
     an unknown version raises a CheckpointError (a ValueError) and leaves the model as it was.
     `strict=False` skips unexpected keys and keeps the model's own (non-meta) tensors for
     missing ones; `verify_checksums=False` skips hashing the bytes read; `progress` shows a
-    progress bar (tqdm).
+    tqdm bar over the bytes read when loading takes over a second.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")

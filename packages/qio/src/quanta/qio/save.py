@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import StateDictSplit, split_state_dict_into_shards_factory
 from torch import nn
+from tqdm.auto import tqdm
 
 from quanta.qio.atomic import STAGING_NAME, publish, staging_folder, sync_folder
 from quanta.qio.checkpoint import CONFIG_KEY, FILE_DIGESTS_KEY, SAVE_ID_KEY
@@ -46,7 +47,7 @@ from quanta.qio.files import (
 )
 from quanta.qio.safetensors_format import DTYPE_NAMES, read_header, write_safetensors
 from quanta.qio.scales import non_finite_scale, scale_keys
-from quanta.qmodules import QModuleMixin
+from quanta.qmodules import QModuleMixin, progress_bar
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # huggingface_hub's file names: model.safetensors, or model-00001-of-00002.safetensors and on
@@ -67,6 +68,7 @@ def save(
     max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE,
     *,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Write `model` (frozen) into the folder `path`, replacing the checkpoint there as a whole
     (see the module docstring); returns the folder.
@@ -78,6 +80,7 @@ def save(
     are stored once. A checkpoint in the folder that quanta did not write (Transformers'
     `model.safetensors`, say) is refused with a ValueError, unless `overwrite=True`: then its
     checkpoint files are replaced or removed (other files, such as config.json, never are).
+    `progress` shows a bar over the bytes written, file by file, when saving takes over a second.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -98,9 +101,13 @@ def save(
         SAVE_ID_KEY: save_id,
     }
     split = _plan_shards(state, max_bytes)
-    with staging_folder(directory, save_id) as staging:
+    total = sum(map(_nbytes, state.values()))
+    with (
+        progress_bar(desc="save", total=total, unit="B", unit_scale=True, progress=progress) as bar,
+        staging_folder(directory, save_id) as staging,
+    ):
         _remove_leftovers(directory, staging)
-        kept = _write_and_commit(directory, staging, state, split, metadata)
+        kept = _write_and_commit(directory, staging, state, split, metadata, bar)
     _remove_replaced(directory, kept)
     return directory
 
@@ -276,12 +283,20 @@ def _write_and_commit(
     state: dict[str, torch.Tensor],
     split: StateDictSplit,
     metadata: dict[str, str],
+    bar: tqdm,
 ) -> set[str]:
     """Write the files in `staging`, then move them into `directory`, the commit last (see the
     module docstring); returns the names of the new checkpoint's files."""
+
+    def write(name: str, keys: list[str]) -> str:
+        tensors = {key: state[key] for key in keys}
+        digest = write_safetensors(staging / name, tensors, metadata)
+        bar.update(sum(map(_nbytes, tensors.values())))
+        return digest
+
     if not split.is_sharded:
         (keys,) = split.filename_to_tensors.values()
-        write_safetensors(staging / SINGLE_FILE, {key: state[key] for key in keys}, metadata)
+        write(SINGLE_FILE, keys)
         publish(staging / SINGLE_FILE, directory / SINGLE_FILE)
         (directory / INDEX_FILE).unlink(missing_ok=True)  # the commit where an index was
         sync_folder(directory)
@@ -289,10 +304,7 @@ def _write_and_commit(
     suffix = f"-{metadata[SAVE_ID_KEY]}.safetensors"
     names = {name: name.removesuffix(".safetensors") + suffix for name in split.filename_to_tensors}
     digests = {
-        names[name]: write_safetensors(
-            staging / names[name], {key: state[key] for key in keys}, metadata
-        )
-        for name, keys in split.filename_to_tensors.items()
+        names[name]: write(names[name], keys) for name, keys in split.filename_to_tensors.items()
     }
     for name in digests:  # named by no index yet: loading ignores them
         publish(staging / name, directory / name)

@@ -22,6 +22,7 @@ from quanta.qmodules.optimizers import (
     register_weight_optimizer,
     to_weight_optimizer,
 )
+from quanta.qmodules.progress import progress_bar
 from quanta.qmodules.quantize import quantize, unmatched_patterns
 from quanta.qmodules.tensors import (
     PartSpec,
@@ -63,6 +64,7 @@ __all__ = [
     "hadamard_block_size",
     "layout_for",
     "observe_activations",
+    "progress_bar",
     "quantize",
     "quantized_base_for",
     "register_layout",

@@ -8,15 +8,17 @@ from torch import nn
 from quanta.qmodules.modules.activations import QActivationMixin
 from quanta.qmodules.modules.base import QModuleMixin
 from quanta.qmodules.optimizers import to_weight_optimizer
+from quanta.qmodules.progress import progress_bar
 
 
-def freeze(model: nn.Module) -> nn.Module:
+def freeze(model: nn.Module, *, progress: bool = True) -> nn.Module:
     """Replace the float weights of `model`'s quantized modules with stored QTensors.
 
     Accepts any module (a whole model or a single quantized module) and returns it. Every
     weight and static activation scale is checked for NaN/Inf, and every module's weight
     optimizer for readiness (GPTQ needs its statistics), before any module is changed; the
-    optimizers act here.
+    optimizers act here. `progress` shows a bar over the modules when freezing takes over a
+    second (a weight optimizer such as HQQ or GPTQ on a large model).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -39,7 +41,7 @@ def freeze(model: nn.Module) -> nn.Module:
         optimizer = to_weight_optimizer(module.qconfig.optimizer)
         if optimizer is not None:
             optimizer.check_ready(module, name or type(module).__name__)
-    for _, module in pending:
+    for _, module in progress_bar(pending, desc="freeze", unit="module", progress=progress):
         module.freeze_weight()
     return model
 

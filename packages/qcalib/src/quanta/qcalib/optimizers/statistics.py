@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from quanta.qcalib.batches import run_batches
-from quanta.qmodules import QModuleMixin, WeightOptimizer, freeze
+from quanta.qmodules import QModuleMixin, WeightOptimizer, freeze, progress_bar
 
 
 class InputStatistics:
@@ -144,6 +143,7 @@ def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = 
 
     A batch is a tensor (`model(batch)`), a tuple (`model(*batch)`) or a dict
     (`model(**batch)`). Other modules stay as they are: call `freeze(model)` for them.
+    `progress` shows a bar for each phase (batches, modules) that takes over a second.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -164,9 +164,9 @@ def optimize_weights(model: nn.Module, batches: Iterable[Any], progress: bool = 
     _last_gram.update(tensor=None, version=None, gram=None)
     for name, module in served:  # every module is checked before any is changed
         module.qconfig.optimizer.check_ready(module, name)
-    for _, module in tqdm(served, desc="optimizing weights", leave=False, disable=not progress):
+    for _, module in progress_bar(served, desc="optimizing weights", progress=progress):
         optimizer = module.qconfig.optimizer
-        freeze(module)
+        freeze(module, progress=False)  # this loop's bar counts the modules
         optimizer.release(module)
     return model
 
