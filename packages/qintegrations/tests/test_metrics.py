@@ -46,6 +46,27 @@ def test_perplexity_of_a_perfect_predictor_is_one():
     assert metrics.perplexity(model, ids, bos_token_id=0, window=5) == pytest.approx(1.0)
 
 
+def test_perplexity_without_bos_scores_all_but_each_window_s_first_token():
+    ids = torch.full((20,), 5)
+    model = OracleLM({5: 5})  # nothing predicts the first 5: it is context only
+    assert metrics.perplexity(model, ids, bos_token_id=None, window=4) == pytest.approx(1.0)
+    uniform = metrics.perplexity(UniformLM(), torch.ones(9, dtype=torch.long), None, window=4)
+    assert uniform == pytest.approx(VOCAB, rel=1e-5)  # the last window, one token, scores none
+
+
+def test_perplexity_of_nothing_to_score_is_refused():
+    with pytest.raises(ValueError, match="perplexity needs tokens to score, got 1"):
+        metrics.perplexity(UniformLM(), torch.ones(1, dtype=torch.long), bos_token_id=None)
+
+
+@pytest.mark.parametrize("bos, eos, expected", [(1, 2, 1), (None, 2, 2), (None, None, None)])
+def test_the_prefix_token_is_bos_else_eos(bos, eos, expected):
+    class Tokenizer:
+        bos_token_id, eos_token_id = bos, eos
+
+    assert metrics.prefix_token_id(Tokenizer()) == expected
+
+
 def test_perplexity_accepts_a_model_output_with_logits():
     class Output:
         def __init__(self, logits: torch.Tensor) -> None:

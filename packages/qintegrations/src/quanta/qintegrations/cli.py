@@ -5,7 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from quanta.qmodules import ACTIVATION_MODES
+from quanta.qtypes import qtype_names, to_qtype
+
+# the file names from_pretrained reads weights from (transformers.utils' *WEIGHTS*_NAME)
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+QUANTA_SAVE_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class UsageError(ValueError):
+    """A folder, file or setting the command cannot use: printed on one line, exit status 2."""
 
 
 def _positive(value: str) -> int:
@@ -15,16 +32,36 @@ def _positive(value: str) -> int:
     return number
 
 
-def _model_folder(value: str) -> Path:
-    """An argparse type: a folder holding a model (its config.json)."""
+def _folder(value: str) -> Path:
     path = Path(value)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such folder: {value}")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"not a folder: {value}")
+    return path
+
+
+def _model_folder(value: str) -> Path:
+    """An argparse type: a folder holding a Transformers model (config.json and weights)."""
+    path = _folder(value)
     if not (path / "config.json").is_file():
         raise argparse.ArgumentTypeError(
             f"{value} is not a model folder: it has no config.json (save_pretrained writes one)"
+        )
+    if not any((path / name).is_file() for name in WEIGHTS_FILES):
+        raise argparse.ArgumentTypeError(
+            f"{value} has a config.json but no weights (none of {', '.join(WEIGHTS_FILES)})"
+        )
+    return path
+
+
+def _checkpoint_folder(value: str) -> Path:
+    """An argparse type: a folder of save_pretrained (config.json) or quanta.save."""
+    path = _folder(value)
+    if not any((path / name).is_file() for name in ("config.json", *QUANTA_SAVE_FILES)):
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a model folder: it has no config.json (save_pretrained writes one) "
+            f"and no {' or '.join(QUANTA_SAVE_FILES)} (quanta.save writes one)"
         )
     return path
 
@@ -47,13 +84,24 @@ def _add_quantize(subcommands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("model_dir", type=_model_folder, metavar="MODEL_DIR")
     command.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
-    command.add_argument("--weights", default="int8", help="weight qtype (default: %(default)s)")
-    command.add_argument("--activations", default=None, help="8-bit activation qtype (int8, ...)")
+    command.add_argument(
+        "--weights",
+        default="int8",
+        choices=qtype_names(),
+        metavar="QTYPE",
+        help="weight qtype, one of: %(choices)s (default: %(default)s)",
+    )
+    command.add_argument(
+        "--activations",
+        default=None,
+        choices=[name for name in qtype_names() if to_qtype(name).bits == 8],  # 8-bit only
+        metavar="QTYPE",
+        help="activation qtype, one of: %(choices)s (default: float activations)",
+    )
     command.add_argument(
         "--activations-mode",
         default="static",
-        metavar="MODE",
-        # the allowed values are checked by quanta.qmodules.ModuleConfig, their one home
+        choices=ACTIVATION_MODES,
         help="static (calibrated scales) or dynamic (per-token scales) (default: %(default)s)",
     )
     command.add_argument(
@@ -92,19 +140,30 @@ def _add_info(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser(
         "info",
         help="what is quantized how in a model folder, and its sizes",
-        description="Read DIR's config.json and safetensors headers (no weights are loaded).",
+        description="Read DIR's quanta config and safetensors headers (no weights are loaded): "
+        "a folder of save_pretrained (config.json's quantization_config) or of quanta.save (the "
+        "config in the safetensors metadata).",
     )
-    command.add_argument("model_dir", type=_model_folder, metavar="DIR")
+    command.add_argument("model_dir", type=_checkpoint_folder, metavar="DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `quanta` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="quanta", description="PyTorch weight quantization.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_quantize(subcommands)
     _add_eval(subcommands)
     _add_info(subcommands)
     return parser
+
+
+def _version() -> str:
+    """The installed quanta's version (quanta-qintegrations' where it is installed alone)."""
+    try:
+        return version("quanta")
+    except PackageNotFoundError:
+        return f"(quanta-qintegrations {version('quanta-qintegrations')})"
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -123,8 +182,7 @@ def _quantize(args: argparse.Namespace) -> int:
             args.model_dir, args.output, config, args.calibration_text, args.calibration_tokens
         )
     except (TypeError, ValueError) as error:
-        print(f"quanta quantize: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     commands.quantize_folder(request)
     print("\n".join([f"saved to {args.output}", *commands.folder_info(args.output).lines()]))
     return 0
@@ -151,7 +209,11 @@ COMMANDS = {"quantize": _quantize, "eval": _eval, "info": _info}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `quanta` command line; returns the exit status (2 for a usage error)."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"quanta {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quanta.qcalib import Calibration
 from quanta.qintegrations import metrics
+from quanta.qintegrations.cli import UsageError
 from quanta.qintegrations.transformers import QuantaConfig
+from quanta.qio import CONFIG_KEY, CheckpointError, QuantizationConfig
+from quanta.qmodules import ModuleConfig
 
 CALIBRATION_WINDOW = 512  # tokens per calibration forward pass, as in the perplexity protocol
 FLOAT32_BYTES = 4
@@ -56,6 +59,10 @@ class QuantizeRequest:
 
 def quantize_folder(request: QuantizeRequest) -> None:
     """Quantize the model in `model_dir` while loading it, calibrate, and save it to `output`."""
+    tokenizer = _tokenizer(request.model_dir)
+    if request.calibration_text is not None:  # checked before the model is loaded
+        text = _read_text(request.calibration_text)
+        tokenizer = _required_tokenizer(request.model_dir, tokenizer, "--calibration-text")
     steps = ["load and quantize", "calibrate", "save"]
     if request.calibration_text is None:
         steps.remove("calibrate")
@@ -67,11 +74,10 @@ def quantize_folder(request: QuantizeRequest) -> None:
             dtype="auto",
             local_files_only=True,
         ).eval()
-        tokenizer = _tokenizer(request.model_dir)
         bar.update()
         if request.calibration_text is not None:
             bar.set_postfix_str("calibrate")
-            _calibrate(model, tokenizer, request.calibration_text, request.calibration_tokens)
+            _calibrate(model, metrics.lm_token_ids(tokenizer, text, request.calibration_tokens))
             bar.update()
         bar.set_postfix_str("save")
         model.save_pretrained(request.output)
@@ -81,18 +87,24 @@ def quantize_folder(request: QuantizeRequest) -> None:
 
 
 def _tokenizer(model_dir: Path) -> object | None:
-    """The folder's tokenizer, or None when it ships none."""
+    """The folder's tokenizer, or None when it ships none (or none that loads)."""
     try:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # what AutoTokenizer raises for a missing tokenizer
         return None
 
 
-def _calibrate(model: torch.nn.Module, tokenizer: object, text_file: Path, tokens: int) -> None:
-    """Static activation scales from the first `tokens` tokens of a text file."""
+def _required_tokenizer(model_dir: Path, tokenizer: object | None, purpose: str) -> object:
     if tokenizer is None:
-        raise ValueError("--calibration-text needs a tokenizer in the model folder")
-    token_ids = metrics.lm_token_ids(tokenizer, _read_text(text_file), tokens)
+        raise UsageError(
+            f"{model_dir} has no tokenizer that loads (tokenizer.json, tokenizer_config.json): "
+            f"{purpose} needs one (save it next to the model with tokenizer.save_pretrained)"
+        )
+    return tokenizer
+
+
+def _calibrate(model: torch.nn.Module, token_ids: torch.Tensor) -> None:
+    """Static activation scales from token ids, read in windows."""
     windows = token_ids.split(CALIBRATION_WINDOW)
     with torch.inference_mode(), Calibration(momentum=0.9):
         for window in tqdm(windows, desc="calibrate", unit="window", leave=False):
@@ -102,23 +114,22 @@ def _calibrate(model: torch.nn.Module, tokenizer: object, text_file: Path, token
 def _read_text(path: Path) -> str:
     text = path.read_text(encoding="utf8", errors="replace")
     if not text.strip():
-        raise ValueError(f"{path} holds no text")
+        raise UsageError(f"{path} holds no text")
     return text
 
 
 def perplexity_of_folder(model_dir: Path, text_file: Path, tokens: int, window: int) -> float:
     """Perplexity of the model in `model_dir` (quantized or not) on a text file's first tokens."""
-    tokenizer = _tokenizer(model_dir)
-    if tokenizer is None:
-        raise ValueError(f"{model_dir} has no tokenizer: perplexity needs one")
+    tokenizer = _required_tokenizer(model_dir, _tokenizer(model_dir), "perplexity")
+    token_ids = metrics.lm_token_ids(tokenizer, _read_text(text_file), tokens)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype="auto", local_files_only=True
     ).eval()
-    token_ids = metrics.lm_token_ids(tokenizer, _read_text(text_file), tokens)
     windows = math.ceil(token_ids.numel() / window)
     with tqdm(total=windows, desc="perplexity", unit="window", leave=False) as bar:
         counted = _CountingCalls(model, bar.update)
-        return metrics.perplexity(counted, token_ids, tokenizer.bos_token_id, window=window)
+        prefix = metrics.prefix_token_id(tokenizer)
+        return metrics.perplexity(counted, token_ids, prefix, window=window)
 
 
 class _CountingCalls:
@@ -135,9 +146,11 @@ class _CountingCalls:
 
 @dataclass(frozen=True)
 class FolderInfo:
-    """What `quanta info` reports about a model folder."""
+    """What `quanta info` reports about a model folder (either save format)."""
 
-    quantization: dict | None
+    source: str | None  # where quanta's config was found; None: not quantized with quanta
+    settings: dict | None  # the QuantaConfig fields of a save_pretrained folder
+    modules: dict[str, ModuleConfig]
     file_bytes: int
     quantized_weight_bytes: int
     quantized_weight_float32_bytes: int
@@ -145,12 +158,13 @@ class FolderInfo:
     def lines(self) -> list[str]:
         """The report, line by line."""
         lines = [f"checkpoint files: {_megabytes(self.file_bytes)}"]
-        if self.quantization is None:
-            return [*lines, "not quantized with quanta (no quant_method 'quanta' in config.json)"]
-        lines.append(f"quantized with quanta: {_settings(self.quantization)}")
-        modules = self.quantization["modules"]["modules"]
-        kinds = Counter(_module_kind(entry) for entry in modules.values())
-        lines.append(f"quantized modules: {len(modules)}")
+        if self.source is None:
+            return [*lines, f"not quantized with quanta (no {_NOT_QUANTIZED})"]
+        lines.append(f"quanta config: {self.source}")
+        if self.settings is not None:
+            lines.append(f"quantized with quanta: {_settings(self.settings)}")
+        kinds = Counter(_module_kind(entry) for entry in self.modules.values())
+        lines.append(f"quantized modules: {len(self.modules)}")
         lines += [f"  {count:5d}  {kind}" for kind, count in sorted(kinds.items())]
         ratio = self.quantized_weight_bytes / max(self.quantized_weight_float32_bytes, 1)
         lines.append(
@@ -160,28 +174,51 @@ class FolderInfo:
         return lines
 
 
+_NOT_QUANTIZED = f"quant_method 'quanta' in config.json, no {CONFIG_KEY!r} safetensors metadata"
+
+
 def folder_info(model_dir: Path) -> FolderInfo:
-    """Read config.json and the safetensors headers of a model folder (no weights are loaded)."""
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf8"))
-    quantization = config.get("quantization_config")
-    if not (isinstance(quantization, dict) and quantization.get("quant_method") == "quanta"):
-        quantization = None
+    """Read a folder's config and safetensors headers (no weights are loaded): the folder of
+    `save_pretrained` (config.json's quantization_config) or of `quanta.save` (the config in
+    the safetensors metadata)."""
     files = sorted(model_dir.glob("*.safetensors"))
+    source, settings, config = _quanta_config(model_dir, files)
+    try:
+        modules = {} if config is None else QuantizationConfig.from_json(config, source).modules
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
     quantized_bytes = float32_bytes = 0
     for path in files:
         with safe_open(path, framework="pt") as file:
             for key in file.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if ".weight." in key:  # codes, scale, zero_point of a quantized weight
                     quantized_bytes += _tensor_bytes(file.get_slice(key))
-                elif key.endswith(".weight") and _is_sentinel(file.get_slice(key)):
-                    float32_bytes += math.prod(file.get_tensor(key).tolist()) * FLOAT32_BYTES
-    return FolderInfo(
-        quantization, sum(p.stat().st_size for p in files), quantized_bytes, float32_bytes
-    )
+                module = key.removesuffix(".weight.codes")
+                if module != key and module in modules:
+                    float32_bytes += _float32_bytes(file.get_slice(key), modules[module])
+    file_bytes = sum(path.stat().st_size for path in files)
+    return FolderInfo(source, settings, modules, file_bytes, quantized_bytes, float32_bytes)
 
 
-def _is_sentinel(tensor_slice: object) -> bool:
-    return tensor_slice.get_dtype() == "I64" and len(tensor_slice.get_shape()) == 1
+def _quanta_config(model_dir: Path, files: list[Path]) -> tuple[str | None, dict | None, object]:
+    """Where quanta's config is, the QuantaConfig fields (save_pretrained) and the config."""
+    config_file = model_dir / "config.json"
+    if config_file.is_file():
+        quantization = json.loads(config_file.read_text(encoding="utf8")).get("quantization_config")
+        if isinstance(quantization, dict) and quantization.get("quant_method") == "quanta":
+            return f"{config_file} (save_pretrained)", quantization, quantization.get("modules")
+    if files:  # quanta.save writes its config into every file's metadata
+        with safe_open(files[0], framework="pt") as file:
+            config = (file.metadata() or {}).get(CONFIG_KEY)
+        if config is not None:
+            return f"{files[0]} metadata (quanta.save)", None, config
+    return None, None, None
+
+
+def _float32_bytes(codes: object, entry: ModuleConfig) -> int:
+    """The fp32 size of a weight from its codes: `bits` bits a weight (2/4-bit codes are packed
+    along K; a row padded to whole bytes counts its few padding codes too)."""
+    return _tensor_bytes(codes) * 8 // entry.weights.bits * FLOAT32_BYTES
 
 
 def _tensor_bytes(tensor_slice: object) -> int:
@@ -195,12 +232,12 @@ def _settings(quantization: dict) -> str:
     return ", ".join(f"{key}={quantization[key]!r}" for key in keys if quantization.get(key))
 
 
-def _module_kind(entry: dict) -> str:
-    kind = f"weights {entry['weights']}"
-    if entry["group_size"] is not None:
-        kind += f" group {entry['group_size']}"
-    if entry["activations"] is not None:
-        kind += f", activations {entry['activations']} ({entry['activations_mode']})"
+def _module_kind(entry: ModuleConfig) -> str:
+    kind = f"weights {entry.weights.name if entry.weights else None}"
+    if entry.group_size is not None:
+        kind += f" group {entry.group_size}"
+    if entry.activations is not None:
+        kind += f", activations {entry.activations.name} ({entry.activations_mode})"
     return kind
 
 

@@ -19,22 +19,36 @@ def _logits(output: object) -> torch.Tensor:
 
 @torch.inference_mode()
 def perplexity(
-    model: nn.Module, token_ids: torch.Tensor, bos_token_id: int, window: int = 512
+    model: nn.Module, token_ids: torch.Tensor, bos_token_id: int | None, window: int = 512
 ) -> float:
     """Perplexity of a causal LM on `token_ids` [n], read in independent windows.
 
-    Each window of `window` tokens is prefixed with BOS and scored on all of its tokens (the
-    protocol of design/REAL_MODELS.md), so every token counts once and windows share nothing.
+    Each window of `window` tokens is prefixed with `bos_token_id` and scored on all of its
+    tokens, so every token counts once and windows share nothing (the protocol of
+    docs/accuracy.md). With `bos_token_id=None` nothing is prefixed: a window's first token is
+    context only. `prefix_token_id(tokenizer)` gives the usual choice for a tokenizer.
     """
+    prefix = [] if bos_token_id is None else [bos_token_id]
     total_nll, count = 0.0, 0
     for start in range(0, token_ids.numel(), window):
-        bos = torch.tensor([bos_token_id], dtype=token_ids.dtype)
-        chunk = torch.cat([bos, token_ids[start : start + window]])[None]
+        prefix_ids = torch.tensor(prefix, dtype=token_ids.dtype)
+        chunk = torch.cat([prefix_ids, token_ids[start : start + window]])[None]
+        if chunk.shape[1] < 2:  # a last window of one token, without a prefix: nothing to score
+            continue
         log_probs = torch.log_softmax(_logits(model(chunk))[0, :-1].float(), dim=-1)
         total_nll -= log_probs.gather(1, chunk[0, 1:, None]).sum().item()
         count += chunk.shape[1] - 1
+    if count == 0:
+        raise ValueError(f"perplexity needs tokens to score, got {token_ids.numel()} token ids")
     mean_nll = total_nll / count
     return math.exp(mean_nll) if mean_nll < 700 else math.inf  # exp(710) overflows a double
+
+
+def prefix_token_id(tokenizer: object) -> int | None:
+    """The token that starts each perplexity window: BOS, else EOS (Qwen2 and others have no BOS
+    and end each document with EOS; lm-evaluation-harness makes the same choice), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
 
 
 def lm_token_ids(tokenizer: object, text: str, n_tokens: int) -> torch.Tensor:
