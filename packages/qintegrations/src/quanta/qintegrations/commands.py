@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from quanta.qcalib import Calibration
 from quanta.qintegrations import metrics
 from quanta.qintegrations.transformers import QuantaConfig
+from quanta.qio import QuantizationConfig
 
 CALIBRATION_WINDOW = 512  # tokens per calibration forward pass, as in the perplexity protocol
 FLOAT32_BYTES = 4
@@ -148,7 +149,7 @@ class FolderInfo:
         if self.quantization is None:
             return [*lines, "not quantized with quanta (no quant_method 'quanta' in config.json)"]
         lines.append(f"quantized with quanta: {_settings(self.quantization)}")
-        modules = self.quantization["modules"]["modules"]
+        modules = QuantizationConfig.from_json(self.quantization["modules"]).to_json()["modules"]
         kinds = Counter(_module_kind(entry) for entry in modules.values())
         lines.append(f"quantized modules: {len(modules)}")
         lines += [f"  {count:5d}  {kind}" for kind, count in sorted(kinds.items())]
