@@ -16,6 +16,7 @@ from torch import nn
 
 from quanta.qio import QuantizationConfig
 from quanta.qmodules import (
+    USER_FIELDS,
     ModuleConfig,
     QModuleMixin,
     WeightOptimizer,
@@ -24,7 +25,6 @@ from quanta.qmodules import (
     to_weight_optimizer,
     unmatched_patterns,
 )
-from quanta.qmodules.config import USER_FIELDS
 from quanta.qtypes import QType
 
 QUANT_METHOD = "quanta"
