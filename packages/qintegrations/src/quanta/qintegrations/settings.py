@@ -218,9 +218,9 @@ def _warn_nothing_quantized(model: nn.Module, config_name: str) -> None:
         }
     )
     warnings.warn(
-        f"{config_name} quantized no module of {type(model).__name__}: quanta quantizes "
-        f"{QUANTIZED_MODULE_TYPES} modules (LayerNorm with activations only), and the modules "
-        f"with weights there, not excluded, are of types {kinds}; the model stays float",
+        f"{config_name} quantized no module of {type(model).__name__}: quanta quantizes the "
+        f"{QUANTIZED_MODULE_TYPES} modules not excluded (LayerNorm only with activations), and "
+        f"the model's modules with weights are of types {kinds}; the model stays float",
         stacklevel=4,
     )
 
