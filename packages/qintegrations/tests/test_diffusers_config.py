@@ -87,3 +87,15 @@ def test_from_single_file_refuses_what_quanta_did_not_write(tmp_path):
         QuantaConfig.from_single_file(path)
     with pytest.raises(TypeError, match="path"):
         QuantaConfig.from_single_file(3)
+
+
+def test_the_transformers_config_converts_with_the_same_settings():
+    pytest.importorskip("transformers")
+    from quanta.qintegrations.transformers import QuantaConfig as TransformersQuantaConfig
+
+    given = TransformersQuantaConfig(weights="int4", group_size=32, modules_to_not_convert=["x"])
+    config = DiffusersAutoQuantizer.from_config(given).quantization_config
+    assert type(config) is QuantaConfig and config.arguments() == given.arguments()
+    assert config.quant_method is QuantaMethod.QUANTA
+    with pytest.raises(TypeError, match=r"quanta\.qintegrations\.diffusers\.QuantaConfig"):
+        QuantaDiffusersQuantizer({"weights": "int8"})

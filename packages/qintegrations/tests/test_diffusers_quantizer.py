@@ -16,6 +16,7 @@ accelerate = pytest.importorskip("accelerate")
 
 from diffusers.quantizers import PipelineQuantizationConfig  # noqa: E402
 
+import quanta  # noqa: E402
 import quanta.qintegrations  # noqa: E402  (installs the registration hook)
 import quanta.qio  # noqa: E402
 from quanta.qcalib import Calibration  # noqa: E402
@@ -349,6 +350,16 @@ def test_quantize_a_model_in_memory_then_save_and_reload(float_dirs, tmp_path):
     reloaded = _load(cls, tmp_path)
     assert set(_quantized_modules(reloaded)) == set(_quantized_modules(model))
     assert torch.equal(_output(reloaded, inputs), _output(model, inputs))
+
+
+def test_from_pretrained_with_the_transformers_config(float_dirs, tmp_path):
+    """`quanta.QuantaConfig` (the Transformers one) serves Diffusers too, converted."""
+    float_dir, inputs = float_dirs["flux"]
+    cls = diffusers.FluxTransformer2DModel
+    model = _load(cls, float_dir, quantization_config=quanta.QuantaConfig(weights="int8"))
+    assert _quantized_modules(model)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(_output(_load(cls, tmp_path), inputs), _output(model, inputs))
 
 
 def test_attach_quantizer_after_calibration(float_dirs, tmp_path):

@@ -2,12 +2,15 @@
 
 It is written into every file `save` writes and read back by `load`, which applies it to the
 model before the tensors are assigned. Each module's entry is exactly its
-`quanta.qmodules.ModuleConfig` (`to_dict` / `from_dict`).
+`quanta.qmodules.ModuleConfig` (`to_dict` / `from_dict`). The compact form (`to_json(compact=True)`,
+what a Transformers or Diffusers config.json holds) writes the most common entry once, as
+"default", and for each module only the fields that differ from it (often none).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,18 +41,29 @@ class QuantizationConfig:
         """Check and read a config written by `to_json` (the object or its JSON text)."""
         return parse_config(value, source)
 
-    def to_json(self) -> dict[str, Any]:
-        """The versioned JSON object written into the files."""
-        return {
+    def to_json(self, compact: bool = False) -> dict[str, Any]:
+        """The versioned JSON object written into the files; `compact`: the most common module
+        entry once ("default"), and per module only the fields that differ from it."""
+        entries = {name: entry.to_dict() for name, entry in self.modules.items()}
+        document = {
             "config_version": CONFIG_VERSION,
             "layout_version": LAYOUT_VERSION,
             "versions": {
                 "quanta-qio": quanta.qio.__version__,
                 "quanta-qmodules": quanta.qmodules.__version__,
             },
-            "modules": {name: entry.to_dict() for name, entry in self.modules.items()},
+            "modules": entries,
             "aliases": dict(self.aliases),
         }
+        if compact and entries:
+            texts = Counter(json.dumps(entry, sort_keys=True) for entry in entries.values())
+            default = json.loads(texts.most_common(1)[0][0])
+            document["default"] = default
+            document["modules"] = {
+                name: {key: value for key, value in entry.items() if value != default[key]}
+                for name, entry in entries.items()
+            }
+        return document
 
 
 def quantization_config(model: nn.Module) -> QuantizationConfig:
@@ -83,15 +97,26 @@ def parse_config(value: object, source: str) -> QuantizationConfig:
                 f"{supported}); upgrade quanta-qio"
             )
     expected = {"config_version", "layout_version", "versions", "modules", "aliases"}
-    if set(value) != expected:
+    if set(value) - {"default"} != expected:  # "default": the compact form
         raise CorruptCheckpointError(f"{source}: the config keys are {sorted(value)}")
     modules, aliases = value["modules"], value["aliases"]
-    if not isinstance(modules, dict) or not isinstance(aliases, dict):
-        raise CorruptCheckpointError(f"{source}: the config's modules and aliases must be objects")
+    default = value.get("default", {})
+    if not all(isinstance(item, dict) for item in (modules, aliases, default)):
+        raise CorruptCheckpointError(
+            f"{source}: the config's modules, aliases and default must be objects"
+        )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise CorruptCheckpointError(f"{source}: the config's aliases must map keys to keys")
-    entries = {name: _module_entry(name, entry, source) for name, entry in modules.items()}
+    entries = {
+        name: _module_entry(name, _with_default(entry, default), source)
+        for name, entry in modules.items()
+    }
     return QuantizationConfig(entries, aliases)
+
+
+def _with_default(entry: object, default: dict) -> object:
+    """A module's entry of the compact form completed by the default (the full form: as is)."""
+    return {**default, **entry} if isinstance(entry, dict) else entry
 
 
 def _module_entry(name: str, entry: object, source: str) -> ModuleConfig:

@@ -1,6 +1,6 @@
 """quanta.qmodules: quantized tensors and modules, quantize() and freeze()."""
 
-from quanta.qmodules.config import ACTIVATION_MODES, ModuleConfig, to_module_config
+from quanta.qmodules.config import ACTIVATION_MODES, USER_FIELDS, ModuleConfig, to_module_config
 from quanta.qmodules.freeze import freeze
 from quanta.qmodules.memory import WeightMemory, weight_memory
 from quanta.qmodules.modules import (
@@ -41,6 +41,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATION_MODES",
+    "USER_FIELDS",
     "AbsmaxOptimizer",
     "MinmaxOptimizer",
     "ModuleConfig",

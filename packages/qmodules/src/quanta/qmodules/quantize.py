@@ -31,7 +31,10 @@ def quantize(
     """Quantize the weights of `model`'s Linear and Conv2d modules in place; returns `model`.
 
     The arguments make one ModuleConfig (see its fields) applied to every module chosen by fnmatch
-    patterns on qualified names (`exclude` wins over `include`). `overrides` maps a pattern to a
+    patterns on whole qualified names (`exclude` wins over `include`): "layers.0.*" selects the
+    modules under "layers.0", "fc1" only a top-level "fc1" ("*.fc1" every one). This is not
+    Transformers' `modules_to_not_convert` convention (a name matching whole dot-separated parts
+    anywhere), which QuantaConfig and the CLI's `--exclude` follow. `overrides` maps a pattern to a
     ModuleConfig, which replaces the config of the modules it matches, or to a dict of some of
     its fields ("weights", "group_size", "optimizer", "activations", "activations_mode"), merged
     over it; in dict order (weights=None leaves the module float, activations=None its

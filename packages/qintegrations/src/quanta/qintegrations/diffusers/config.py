@@ -26,8 +26,9 @@ class QuantaConfig(QuantaSettings, QuantizationConfigMixin):
     """How a Diffusers `from_pretrained` quantizes a float checkpoint with quanta, and how a saved
     one was; arguments and checks are those of `QuantaSettings` (shared with Transformers).
 
-    `modules_to_not_convert` are fnmatch patterns on module names (None: every Linear and Conv2d
-    is quantized).
+    `modules_to_not_convert` names modules as Transformers and Diffusers do: a name matches the
+    modules whose qualified name holds it as whole dot-separated parts, and those under them
+    (None: every Linear and Conv2d is quantized).
     """
 
     method = QuantaMethod.QUANTA
@@ -53,3 +54,16 @@ class QuantaConfig(QuantaSettings, QuantizationConfigMixin):
     def to_diff_dict(self) -> dict:
         """Every setting (what `repr` and `to_json_string` print)."""
         return self.to_dict()
+
+
+def diffusers_config(config: object, argument: str) -> QuantaConfig:
+    """`config` as the Diffusers QuantaConfig: the Transformers one (`quanta.QuantaConfig`)
+    converts with the same settings."""
+    if isinstance(config, QuantaConfig):
+        return config
+    if isinstance(config, QuantaSettings):
+        return QuantaConfig(**config.arguments())
+    raise TypeError(
+        f"{argument} must be a quanta.qintegrations.diffusers.QuantaConfig (or quanta.QuantaConfig,"
+        f" converted), got {type(config).__name__}"
+    )

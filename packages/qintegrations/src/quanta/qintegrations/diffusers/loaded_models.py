@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quanta.qintegrations.diffusers.config import QuantaConfig
-from quanta.qintegrations.diffusers.quantizer import QuantaDiffusersQuantizer, excluded_patterns
+from quanta.qintegrations.diffusers.config import QuantaConfig, diffusers_config
+from quanta.qintegrations.diffusers.quantizer import QuantaDiffusersQuantizer, excluded_names
 from quanta.qintegrations.module_weights import is_weight_quantized
 from quanta.qmodules import freeze
 
@@ -19,11 +19,10 @@ def quantize_model(model: ModelMixin, config: QuantaConfig) -> ModelMixin:
     `_keep_in_fp32_modules` stay float), freeze it and attach the quantizer (see
     `attach_quantizer`); returns `model`."""
     _check_model(model)
-    if not isinstance(config, QuantaConfig):
-        raise TypeError(f"config must be a QuantaConfig, got {type(config).__name__}")
+    config = diffusers_config(config, "config")
     if config.modules is not None:
         raise ValueError("config holds a saved per-module config; pass quantization settings")
-    exclude = excluded_patterns(config, _keep_in_fp32_modules(model))
+    exclude = excluded_names(config, _keep_in_fp32_modules(model))
     config.quantize_model(model, exclude)
     freeze(model)
     return attach_quantizer(model, config)

@@ -17,7 +17,7 @@ import torch
 from diffusers.quantizers.base import DiffusersQuantizer
 from torch import nn
 
-from quanta.qintegrations.diffusers.config import METADATA_KEY, QuantaConfig
+from quanta.qintegrations.diffusers.config import METADATA_KEY, QuantaConfig, diffusers_config
 from quanta.qintegrations.diffusers.held_back import HeldBackTensors
 from quanta.qintegrations.module_weights import (
     WEIGHT,
@@ -38,10 +38,8 @@ class QuantaDiffusersQuantizer(QuantaQuantizerMixin, DiffusersQuantizer):
     use_keep_in_fp32_modules = True
 
     def __init__(self, quantization_config: QuantaConfig, **kwargs: Any) -> None:
-        if not isinstance(quantization_config, QuantaConfig):
-            kind = type(quantization_config).__name__
-            raise TypeError(f"quantization_config must be a QuantaConfig, got {kind}")
         # A copy: loading records the per-module config in it, the caller's may serve again.
+        quantization_config = diffusers_config(quantization_config, "quantization_config")
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
         self.held_back = HeldBackTensors(*_saved_module_names(quantization_config))
 
@@ -95,7 +93,7 @@ class QuantaDiffusersQuantizer(QuantaQuantizerMixin, DiffusersQuantizer):
         **kwargs: Any,
     ) -> None:
         config = self.quantization_config
-        self.quantize_modules(model, exclude=excluded_patterns(config, keep_in_fp32_modules or []))
+        self.quantize_modules(model, exclude=excluded_names(config, keep_in_fp32_modules or []))
         model.register_to_config(quantization_config=config)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
@@ -124,14 +122,11 @@ class QuantaDiffusersQuantizer(QuantaQuantizerMixin, DiffusersQuantizer):
         return True
 
 
-def excluded_patterns(config: QuantaConfig, keep_in_fp32_modules: Iterable[str]) -> list[str]:
-    """`modules_to_not_convert`, and the fnmatch patterns of the modules a model class keeps in
-    float32: Diffusers matches each name against a module's dotted parts, and so covers every
-    module under it."""
-    patterns = list(config.modules_to_not_convert or [])
-    for name in keep_in_fp32_modules:
-        patterns += [name, f"*.{name}", f"{name}.*", f"*.{name}.*"]
-    return patterns
+def excluded_names(config: QuantaConfig, keep_in_fp32_modules: Iterable[str]) -> list[str]:
+    """`modules_to_not_convert` and the modules a model class keeps in float32: names that
+    `QuantaSettings.quantize_model` matches against whole dot-separated parts, as Diffusers
+    and Transformers do."""
+    return [*(config.modules_to_not_convert or []), *keep_in_fp32_modules]
 
 
 def _saved_module_names(config: QuantaConfig) -> tuple[list[str], list[str]]:
