@@ -108,8 +108,10 @@ def _add_quantize(subcommands: argparse._SubParsersAction) -> None:
         "--exclude",
         action="append",
         default=None,
-        metavar="PATTERN",
-        help="fnmatch pattern of modules to keep float, repeatable (default: Transformers' "
+        metavar="NAME",
+        help="module name to keep float, with the modules under it, repeatable: it matches "
+        "whole dot-separated parts of a module's path ('gate_proj', 'model.layers.0'; fnmatch "
+        "wildcards allowed), as QuantoConfig's modules_to_not_convert (default: Transformers' "
         "choice, the output embeddings)",
     )
     command.add_argument("--group-size", type=_positive, default=None)
