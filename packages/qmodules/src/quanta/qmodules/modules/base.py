@@ -90,10 +90,10 @@ class QModuleMixin:
         if self.is_frozen or config.weights is None or self.stored_weight is None:
             return
         optimizer = to_weight_optimizer(config.optimizer)
+        weight = self.stored_weight.detach()
         if optimizer is None:
-            quantized = self.weight
+            quantized = self._quantize_float_weight(weight)
         else:
-            weight = self.stored_weight.detach()
             quantized = optimized_weight(weight, config.weights, config.group_size, optimizer, self)
         self._store_quantized_weight(quantized)
 
