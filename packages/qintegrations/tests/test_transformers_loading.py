@@ -40,17 +40,29 @@ def _logits(model, token_ids):
         return model(token_ids).logits
 
 
+# torch's own error for a device this build lacks: where a GPU build would start copying weights
+NO_DEVICE_ERRORS = {
+    "cuda": "Torch not compiled with CUDA enabled",
+    "mps": "PyTorch is not linked with support for mps devices",  # after the warmup's lookups
+}
+
+
+@pytest.mark.parametrize("device", NO_DEVICE_ERRORS)
 @pytest.mark.parametrize("source", SOURCES)
-def test_device_map_cuda_fails_only_for_want_of_cuda(tiny_llama_dir, int4_dir, source):
+def test_an_accelerator_device_map_fails_only_for_want_of_the_device(
+    tiny_llama_dir, int4_dir, source, device
+):
     """Before: an AttributeError from Transformers' allocator warmup (the quantized weight was no
-    Parameter by its name); now the same path as a float model, to torch's own CUDA error."""
+    Parameter by its name); now the path of a float model, to torch's own error for the device."""
     folder, kwargs = _source(source, tiny_llama_dir, int4_dir)
-    if torch.cuda.is_available():
+    if device == "cuda" and torch.cuda.is_available():
         model = AutoModelForCausalLM.from_pretrained(folder, device_map="cuda", **kwargs)
         assert model.model.layers[0].mlp.up_proj.weight.device.type == "cuda"
         return
-    with pytest.raises(AssertionError, match="Torch not compiled with CUDA enabled"):
-        AutoModelForCausalLM.from_pretrained(folder, device_map="cuda", **kwargs)
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    with pytest.raises((AssertionError, RuntimeError), match=NO_DEVICE_ERRORS[device]):
+        AutoModelForCausalLM.from_pretrained(folder, device_map=device, **kwargs)
 
 
 @pytest.mark.parametrize("source", SOURCES)
