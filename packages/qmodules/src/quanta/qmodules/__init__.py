@@ -2,7 +2,7 @@
 
 from quanta.qmodules.config import ACTIVATION_MODES, USER_FIELDS, ModuleConfig, to_module_config
 from quanta.qmodules.freeze import freeze
-from quanta.qmodules.memory import WeightMemory, weight_memory
+from quanta.qmodules.memory import WeightMemory, quantized_weight_bytes, weight_memory
 from quanta.qmodules.modules import (
     QActivationMixin,
     QConv2d,
@@ -68,6 +68,7 @@ __all__ = [
     "progress_bar",
     "quantize",
     "quantized_base_for",
+    "quantized_weight_bytes",
     "register_layout",
     "register_weight_optimizer",
     "stored_part_names",

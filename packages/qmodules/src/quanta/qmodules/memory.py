@@ -23,21 +23,24 @@ def weight_memory(model: nn.Module) -> WeightMemory:
     """Bytes of every quantized module's weight as stored (or as freeze() will store it)."""
     quantized_bytes = float_bytes = 0
     for module in model.modules():
-        if not isinstance(module, QModuleMixin) or module.qconfig.weights is None:
-            continue
-        weight = module.stored_weight
-        if weight is None:
-            continue
-        float_bytes += weight.numel() * FLOAT32_BYTES
-        if isinstance(weight, QTensor):
-            quantized_bytes += sum(t.nbytes for t in weight.inner_tensors().values())
-        else:
-            config = module.qconfig
-            quantized_bytes += layout_for(config.weights).stored_bytes(
-                config.weights,
-                weight.shape,
-                config.group_size,
-                weight.dtype,
-                config.float_zero_point,
-            )
+        stored = quantized_weight_bytes(module)
+        if stored is not None:
+            quantized_bytes += stored
+            float_bytes += module.stored_weight.numel() * FLOAT32_BYTES
     return WeightMemory(quantized_bytes, float_bytes)
+
+
+def quantized_weight_bytes(module: nn.Module) -> int | None:
+    """Bytes of `module`'s quantized weight as stored (or as freeze() will store it), or None
+    where the module does not quantize a weight."""
+    if not isinstance(module, QModuleMixin) or module.qconfig.weights is None:
+        return None
+    weight = module.stored_weight
+    if weight is None:
+        return None
+    if isinstance(weight, QTensor):
+        return weight.nbytes
+    config = module.qconfig
+    return layout_for(config.weights).stored_bytes(
+        config.weights, weight.shape, config.group_size, weight.dtype, config.float_zero_point
+    )

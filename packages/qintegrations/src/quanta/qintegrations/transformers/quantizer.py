@@ -20,14 +20,14 @@ from transformers.quantizers.base import HfQuantizer
 from quanta.qintegrations.module_weights import WEIGHT, is_weight_quantized
 from quanta.qintegrations.offload import read_offloaded_tensors, serve_quantized_weights
 from quanta.qintegrations.quantizer_base import QuantaQuantizerMixin
-from quanta.qintegrations.transformers.config import QuantaConfig
+from quanta.qintegrations.transformers.config import QUANT_METHOD, QuantaConfig
 from quanta.qintegrations.transformers.operations import (
     DeserializeWeight,
     QuantizeWeight,
     serialized_weight_names,
     shape_sentinel,
 )
-from quanta.qmodules import QModuleMixin
+from quanta.qmodules import QModuleMixin, quantized_weight_bytes
 
 # Checkpoint dtypes (safetensors names) cast to the model's dtype while loading; codes
 # (int8, uint8, float8) and the shape sentinels keep theirs.
@@ -68,6 +68,14 @@ class QuantaHfQuantizer(QuantaQuantizerMixin, HfQuantizer):
         else:
             is_float = param.dtype in CAST_TORCH_DTYPES
         return dtype if is_float else None
+
+    def param_element_size(self, model: nn.Module, param_name: str, param: torch.Tensor) -> float:
+        """Bytes per element of a weight as quanta stores it (codes, scales, zero points), with
+        which Transformers sizes its allocator warmup and device_map="auto"."""
+        module_name, _, tensor_name = param_name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        stored = quantized_weight_bytes(module) if tensor_name == WEIGHT else None
+        return param.element_size() if stored is None else stored / max(param.numel(), 1)
 
     def param_needs_quantization(self, model: nn.Module, param_name: str, **kwargs: Any) -> bool:
         """A float weight of a quantized module, read from a float checkpoint."""
@@ -136,3 +144,29 @@ def _tied_modules(model: nn.Module) -> list[str]:
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     names = set(tied) | set(tied.values())
     return [name.removesuffix(f".{WEIGHT}") for name in names]
+
+
+def refuse_requantizing(saved: Any, requested: Any) -> None:
+    """Refuse a QuantaConfig passed to from_pretrained for a folder quanta already quantized
+    with other settings: Transformers would keep the saved ones and only warn.
+
+    `saved` is the folder's quantization_config (a dict or a config), `requested` the one passed.
+    """
+    if not isinstance(requested, QuantaConfig):
+        return  # no config passed, or another library's: Transformers' own check
+    saved = saved if isinstance(saved, dict) else saved.to_dict()
+    if saved.get("quant_method") != QUANT_METHOD:
+        return
+    saved_settings = QuantaConfig.from_dict(saved).to_dict()
+    wanted = requested.to_dict()
+    different = [
+        f"{name}={saved_settings.get(name)!r} saved, {value!r} requested"
+        for name, value in wanted.items()
+        if name not in ("modules", "quant_method") and saved_settings.get(name) != value
+    ]
+    if different:
+        raise ValueError(
+            f"this folder is already quantized by quanta ({'; '.join(different)}): quanta does not "
+            "quantize a quantized checkpoint again (its float weights are gone). Load it without "
+            "quantization_config, or quantize the original float model."
+        )

@@ -39,13 +39,17 @@ class QModuleMixin:
 
     @property
     def weight(self) -> torch.Tensor | None:
-        """The quantized weight (a QTensor), or the float one where no qtype is set."""
+        """The quantized weight (a QTensor), or the float one where no qtype is set or it is on
+        the meta device (nothing to quantize)."""
         parameters = self.__dict__["_parameters"]
         if WEIGHT not in parameters:
             # lets nn.Module.__init__ register the parameter through __setattr__
             raise AttributeError(WEIGHT)
         weight = parameters[WEIGHT]
-        if weight is None or self.qconfig.weights is None or isinstance(weight, QTensor):
+        unquantized = weight is None or self.qconfig.weights is None
+        # a meta weight has no values to quantize: the parameter itself, which lookups by name
+        # (nn.Module.get_parameter, as Transformers' loading does) need to find
+        if unquantized or isinstance(weight, QTensor) or weight.is_meta:
             return weight
         try:
             # straight-through when autograd wants a gradient: it reaches the float weight
@@ -86,10 +90,10 @@ class QModuleMixin:
         if self.is_frozen or config.weights is None or self.stored_weight is None:
             return
         optimizer = to_weight_optimizer(config.optimizer)
+        weight = self.stored_weight.detach()
         if optimizer is None:
-            quantized = self.weight
+            quantized = self._quantize_float_weight(weight)
         else:
-            weight = self.stored_weight.detach()
             quantized = optimized_weight(weight, config.weights, config.group_size, optimizer, self)
         self._store_quantized_weight(quantized)
 

@@ -269,6 +269,20 @@ def _to_copy(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     return self._rebuild_with(move)
 
 
+@QTensor.implements(torch.Tensor.nbytes.__get__)
+def _nbytes(func: Any, args: tuple, kwargs: dict) -> int:
+    """The bytes stored (codes, scales, zero points), not those of the float tensor."""
+    return sum(tensor.nbytes for tensor in args[0].inner_tensors().values())
+
+
+@QTensor.implements(torch.Tensor.element_size)
+def _element_size(func: Any, args: tuple, kwargs: dict) -> float:
+    """Stored bytes per logical element (fractional for packed codes), so that the usual
+    `numel() * element_size()` accounting (Transformers' get_memory_footprint) is true."""
+    self = args[0]
+    return self.nbytes / max(self.numel(), 1)
+
+
 @QTensor.implements(F.conv2d)
 def _conv2d(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     """Convolution runs on the dequantized weight (no quantized conv kernel yet)."""
