@@ -43,6 +43,12 @@ def test_quantize_then_info(tiny_llama_dir, token_ids, tmp_path, capsys):
     assert "14  weights qint4 group 32" in report
     assert "quantized weights:" in report and "fp32:" in report
 
+    again = ["quantize", str(output), "-o", str(tmp_path / "int8"), "--weights", "int8"]
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err
+    assert "already quantized by quanta" in err and "'int4' saved, 'int8' requested" in err
+    assert not (tmp_path / "int8").exists()
+
 
 def test_info_of_a_float_folder(tiny_llama_dir, capsys):
     assert cli.main(["info", str(tiny_llama_dir)]) == 0

@@ -23,6 +23,7 @@ from quanta.qcalib import Calibration
 from quanta.qintegrations import metrics
 from quanta.qintegrations.cli import UsageError
 from quanta.qintegrations.transformers import QuantaConfig
+from quanta.qintegrations.transformers.quantizer import refuse_requantizing
 from quanta.qio import CONFIG_KEY, CheckpointError, QuantizationConfig
 from quanta.qmodules import ModuleConfig
 
@@ -55,6 +56,9 @@ class QuantizeRequest:
             )
         if self.calibration_text is not None and not static:
             raise ValueError("--calibration-text calibrates static activations: add --activations")
+        _, saved, _ = _quanta_config(self.model_dir, [])
+        if saved is not None:  # a folder quanta quantized: the same settings, or a refusal
+            refuse_requantizing(saved, self.config)
 
 
 def quantize_folder(request: QuantizeRequest) -> None:
