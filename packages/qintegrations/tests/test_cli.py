@@ -27,3 +27,13 @@ def test_unknown_subcommand(capsys):
 
 def test_the_demo_is_not_a_subcommand(capsys):
     assert "invalid choice" in _usage_error(capsys, ["demo"])
+
+
+def test_the_listed_choices_are_what_quanta_accepts():
+    from quanta.qmodules import ACTIVATION_MODES
+    from quanta.qtypes import qtype_names, to_qtype
+
+    assert list(cli.WEIGHT_QTYPES) == qtype_names()  # sorted, as help lists them
+    eight_bit = [name for name in qtype_names() if to_qtype(name).bits == 8]
+    assert list(cli.ACTIVATION_QTYPES) == eight_bit
+    assert cli.ACTIVATION_MODES == ACTIVATION_MODES

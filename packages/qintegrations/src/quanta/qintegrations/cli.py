@@ -8,9 +8,15 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from quanta.qmodules import ACTIVATION_MODES
-from quanta.qtypes import qtype_names, to_qtype
-
+# The names `--weights`, `--activations` and `--activations-mode` accept, written out so that the
+# parser (and `quanta --help`) needs no torch import; test_cli checks them against quanta.qtypes.
+WEIGHT_QTYPES = (
+    *("e4m3", "e5m2", "float8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"),
+    *("fp8", "fp8_e4m3fn", "fp8_e4m3fnuz", "fp8_e5m2", "int2", "int4", "int8"),
+    *("qfloat8", "qfloat8_e4m3fn", "qfloat8_e4m3fnuz", "qfloat8_e5m2", "qint2", "qint4", "qint8"),
+)
+ACTIVATION_QTYPES = tuple(name for name in WEIGHT_QTYPES if not name.endswith(("int2", "int4")))
+ACTIVATION_MODES = ("static", "dynamic")
 # the file names from_pretrained reads weights from (transformers.utils' *WEIGHTS*_NAME)
 WEIGHTS_FILES = (
     "model.safetensors",
@@ -87,14 +93,14 @@ def _add_quantize(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--weights",
         default="int8",
-        choices=qtype_names(),
+        choices=WEIGHT_QTYPES,
         metavar="QTYPE",
         help="weight qtype, one of: %(choices)s (default: %(default)s)",
     )
     command.add_argument(
         "--activations",
         default=None,
-        choices=[name for name in qtype_names() if to_qtype(name).bits == 8],  # 8-bit only
+        choices=ACTIVATION_QTYPES,
         metavar="QTYPE",
         help="activation qtype, one of: %(choices)s (default: float activations)",
     )
