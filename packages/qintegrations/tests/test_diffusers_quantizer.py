@@ -354,9 +354,11 @@ def test_quantize_a_model_in_memory_then_save_and_reload(float_dirs, tmp_path):
 
 def test_from_pretrained_with_the_transformers_config(float_dirs, tmp_path):
     """`quanta.QuantaConfig` (the Transformers one) serves Diffusers too, converted."""
+    from quanta.qintegrations.transformers import QuantaConfig as TransformersQuantaConfig
+
     float_dir, inputs = float_dirs["flux"]
     cls = diffusers.FluxTransformer2DModel
-    model = _load(cls, float_dir, quantization_config=quanta.QuantaConfig(weights="int8"))
+    model = _load(cls, float_dir, quantization_config=TransformersQuantaConfig(weights="int8"))
     assert _quantized_modules(model)
     model.save_pretrained(tmp_path)
     assert torch.equal(_output(_load(cls, tmp_path), inputs), _output(model, inputs))
