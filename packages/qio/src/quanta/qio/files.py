@@ -16,7 +16,6 @@ INDEX_FILE = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # quanta's shard names: huggingface_hub's with the id of the save that wrote them
 SAVE_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}-(?P<save_id>[0-9a-f]{8})\.safetensors")
-SAVE_SHARD_PATTERN = "model{suffix}-{save_id}.safetensors"
 
 
 def check_regular(path: Path, named_by: str | None = None) -> None:
