@@ -35,3 +35,15 @@ def test_no_bar_with_progress_false(bars_at_once, frozen_mlp, meta_mlp, tmp_path
     save(model, tmp_path, progress=False)
     load(tmp_path, meta_mlp(), progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "progress"])
+def test_flags_that_are_not_bools_are_refused_before_anything_is_written(
+    frozen_mlp, meta_mlp, tmp_path, flag
+):
+    with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
+        save(frozen_mlp(), tmp_path / "out", **{flag: "no"})
+    assert not (tmp_path / "out").exists()
+    save(frozen_mlp(), tmp_path / "saved", progress=False)
+    with pytest.raises(TypeError, match="progress must be True or False, got 1"):
+        load(tmp_path / "saved", meta_mlp(), progress=1)

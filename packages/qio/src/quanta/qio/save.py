@@ -86,6 +86,9 @@ def save(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike folder, got {type(path).__name__}")
+    for name, flag in (("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     max_bytes = parse_size(max_shard_size)
     _check_frozen(model)
     full_state = model.state_dict()

@@ -19,4 +19,6 @@ def progress_bar(
 
     `options` go to tqdm (`total`, `unit`, `unit_scale`, ...).
     """
+    if not isinstance(progress, bool):  # checked here for every phase that takes `progress`
+        raise TypeError(f"progress must be True or False, got {progress!r}")
     return tqdm(iterable, desc=desc, delay=DELAY_S, leave=False, disable=not progress, **options)
