@@ -40,14 +40,11 @@ __m512 affine_value(__m512 q, __m512 zero, __m512 scale) {
 }
 
 // Codes [0, size) of a 4-bit group (size / 2 bytes at src) as bfloat16: the 16 values of the
-// group, computed once into a word table, are looked up 32 codes at a time with vpermw.
-void dequantize_uint4_group(
-    const uint8_t* src, int64_t size, __m512 scale, __m512 zero, uint16_t* dst) {
-  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+// group (values), rounded once into a word table, are looked up 32 codes at a time with vpermw.
+void dequantize_4bit_group(const uint8_t* src, int64_t size, __m512 values, uint16_t* dst) {
   // Words 0 .. 15 and 16 .. 31 both hold the values of codes 0 .. 15: vpermw reads 5 bits of
   // an index, and bit 4 of ours is the low bit of the other code of the byte.
-  const __m512i table = _mm512_broadcast_i64x4(
-      (__m256i)_mm512_cvtneps_pbh(affine_value(codes, zero, scale)));
+  const __m512i table = _mm512_broadcast_i64x4((__m256i)_mm512_cvtneps_pbh(values));
   // The 16 bytes of a step are loaded into every 128-bit lane, so that vpshufb can fill dword i
   // with four copies of byte i (codes 2i and 2i + 1); shifting its high word right by 4 leaves
   // code 2i in the low bits of the low word and code 2i + 1 in those of the high word: the
@@ -96,6 +93,8 @@ void dequantize_bf16(
   }
   const int64_t groups = w.k / w.group_size;
   const int64_t group_bytes = w.group_size * weight_bits(w.format) / 8;
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 table = w.table != nullptr ? _mm512_loadu_ps(w.table) : codes;
   for (int64_t n = n_begin; n < n_end; ++n) {
     for (int64_t g = 0; g < groups; ++g) {
       const uint8_t* src = w.codes + n * w.row_bytes + g * group_bytes;
@@ -104,7 +103,10 @@ void dequantize_bf16(
       const __m512 zero = _mm512_set1_ps(param_value(w.zero, n * groups + g));
       switch (w.format) {
         case WeightFormat::kUInt4:
-          dequantize_uint4_group(src, w.group_size, scale, zero, dst);
+          dequantize_4bit_group(src, w.group_size, affine_value(codes, zero, scale), dst);
+          break;
+        case WeightFormat::kLut4:
+          dequantize_4bit_group(src, w.group_size, _mm512_mul_ps(table, scale), dst);
           break;
         case WeightFormat::kFloat8E4M3:
           dequantize_symmetric_group<WeightFormat::kFloat8E4M3>(src, w.group_size, scale, dst);

@@ -101,7 +101,7 @@ DecodePlan plan_decode(Isa isa, OutputDtype dtype, int64_t m, const WeightView& 
       w.format == WeightFormat::kUInt4 && w.group_size % 64 == 0) {
     return {DecodeKernel::kBf16Uint4, m * k / 2 + m * groups};
   }
-  const bool packed = w.format == WeightFormat::kUInt4 || w.format == WeightFormat::kUInt2;
+  const bool packed = weight_bits(w.format) < 8;
   const bool lookup = isa >= Isa::kAvx512 && packed && w.group_size % lookup_chunk(w.format) == 0;
   const bool copy_x = lookup || dtype != OutputDtype::kFloat32;
   const int64_t sums = w.zero.data != nullptr && !lookup ? m * groups : 0;
