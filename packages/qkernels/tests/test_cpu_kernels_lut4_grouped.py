@@ -41,12 +41,13 @@ def cases(*weights):
 
 
 def reference_out(op, input, *args):
-    """The reference in float64 (the scale is widened only where float64 can hold it)."""
+    """The reference for float64 activations: the weight is dequantized to float64 too."""
     return getattr(reference, op)(input.double(), *args)
 
 
 # (group_size, groups): 16 fills AVX2's vector loop but is all tail on AVX-512; 64 takes the
-# AVX-512 lookup decode and the AVX512-BF16 dequantizer; 24 leaves a tail on every path.
+# AVX-512 lookup decode, the AVX512-BF16 dot-product decode and its dequantizer; 24 leaves a tail
+# on every path.
 @pytest.mark.parametrize("group_size, groups", [(16, 13), (64, 3), (24, 5)])
 @pytest.mark.parametrize("rows", ROWS)
 def test_linear_lut4(cpu_isa, group_size, groups, rows):  # noqa: F811

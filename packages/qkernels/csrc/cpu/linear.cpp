@@ -106,11 +106,11 @@ std::optional<Tensor> linear_decode(
   void* out_data = out.mutable_data_ptr();
   const int64_t grain = grain_rows(view.row_bytes * m);
 #ifdef QKERNELS_X86_KERNELS
-  if (plan.kernel == DecodeKernel::kBf16Uint4) {
+  if (plan.kernel == DecodeKernel::kBf16FourBit) {
     const Bf16DecodeProblem problem{
         view, static_cast<const uint16_t*>(in.x), in.group_sums, m, bias, out_data, dtype};
     torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
-      avx512_bf16::decode_uint4(problem, begin, end);
+      avx512_bf16::decode_4bit(problem, begin, end);
     });
     return out;
   }

@@ -121,7 +121,8 @@ void lookup_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
   for (int c = 0; c < Cols; ++c) {
     rows[c] = w.codes + ns[c] * w.row_bytes;
   }
-  const F codes = Format == WeightFormat::kLut4 ? V::load(w.table) : V::template table_codes<bits>();
+  const F codes =
+      Format == WeightFormat::kLut4 ? V::load(w.table) : V::template table_codes<bits>();
 
   F acc[Rows][Cols][2];  // two chains hide the FMA latency
   for (int r = 0; r < Rows; ++r) {

@@ -95,9 +95,9 @@ constexpr int64_t lookup_chunk(WeightFormat format) {
 // codes, on AVX512-BF16: x holds bfloat16 bits, each 64-code chunk of a row stored as its 32
 // even-index values, then its 32 odd-index ones (the order the kernel unpacks nibbles in).
 struct Bf16DecodeProblem {
-  WeightView weight;        // kUInt4, with zero
+  WeightView weight;        // kUInt4 with zero, or kLut4
   const uint16_t* x;        // [m, k], chunks deinterleaved
-  const float* group_sums;  // [m, k / group_size]
+  const float* group_sums;  // [m, k / group_size] (kUInt4)
   int64_t m;
   Params bias;              // [n], or none
   void* out;                // [m, n]
@@ -161,7 +161,7 @@ extern const LinearKernels kLinearKernels;
 }
 namespace avx512_bf16 {
 extern const LinearKernels kLinearKernels;
-void decode_uint4(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
+void decode_4bit(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 void decode_int8_product(const Int8DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 }
 
