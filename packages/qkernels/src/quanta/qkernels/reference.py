@@ -224,7 +224,9 @@ def quantize_lut4(
     """uint8 codes [N, K]: the code whose table value is nearest to input / scale (fp32).
 
     Ties go to the even code; values beyond the table saturate to its nearest end; a zero scale
-    gives the code nearest to 0; NaN gives some code (the scale is where a NaN is kept).
+    gives the code nearest to 0; NaN gives some code (the scale is where a NaN is kept). table:
+    float32 [16], any order; scale [N, K // group_size], as every lut4 and grouped op takes it:
+    float, float8_e4m3fn (NVFP4) or float8_e8m0fnu (MX formats; torch's dtype, not uint8 bits).
     """
     v.check_quantize_lut4(input, table, scale, group_size)
     scale = scale.float().repeat_interleave(group_size, dim=1)
