@@ -21,6 +21,22 @@ STABLE_TORCH_LIBRARY(quanta, m) {
   m.def(
       "linear_int8(Tensor input, Tensor input_scale, Tensor codes, Tensor scale, Tensor? bias,"
       " ScalarType dtype) -> Tensor");
+  // 4-bit codes looked up in a table of 16 values, times a scale per group (nf4, fp4, MXFP4,
+  // NVFP4); scale: float, float8_e4m3fn or float8_e8m0fnu.
+  m.def("quantize_lut4(Tensor input, Tensor table, Tensor scale, int group_size) -> Tensor");
+  m.def(
+      "dequantize_lut4(Tensor codes, Tensor table, Tensor scale, int group_size,"
+      " ScalarType dtype) -> Tensor");
+  m.def(
+      "linear_lut4(Tensor input, Tensor packed, Tensor table, Tensor scale, int group_size,"
+      " Tensor? bias) -> Tensor");
+  // int8 / float8 codes times a scale per group (MXFP8: e4m3 codes, an e8m0 scale per 32).
+  m.def(
+      "dequantize_grouped(Tensor codes, Tensor scale, int group_size, ScalarType dtype)"
+      " -> Tensor");
+  m.def(
+      "linear_grouped(Tensor input, Tensor codes, Tensor scale, int group_size, Tensor? bias)"
+      " -> Tensor");
   // The instruction set the CPU kernels run with now (QUANTA_CPU_ISA can lower it).
   m.def("cpu_isa() -> str");
 }

@@ -192,6 +192,40 @@ BAD_CALLS = {
         ),
         r"dtype must be one of \(float32, float16, bfloat16, float64\), got torch.int32",
     ),
+    "quantize_lut4_table_shape": (
+        lambda: torch.ops.quanta.quantize_lut4(
+            torch.randn(2, 8), torch.zeros(8), torch.ones(2, 2), 4
+        ),
+        r"quantize_lut4: table must have shape \[16\] .*got \[8\]",
+    ),
+    "dequantize_lut4_scale_dtype": (
+        lambda: torch.ops.quanta.dequantize_lut4(
+            torch.zeros(2, 8, dtype=u8),
+            torch.zeros(16),
+            torch.ones(2, 2, dtype=u8),
+            4,
+            torch.float32,
+        ),
+        r"dequantize_lut4: scale must have dtype in \(float32, .*float8_e8m0fnu\), got torch.uint8",
+    ),
+    "linear_lut4_scale_shape": (
+        lambda: torch.ops.quanta.linear_lut4(
+            torch.randn(3, 8), _packed(), torch.zeros(16), torch.ones(4, 3), 4, None
+        ),
+        r"linear_lut4: scale must have shape \[rows, K // group_size\] = \[4, 2\], got \[4, 3\]",
+    ),
+    "linear_grouped_codes_dtype": (
+        lambda: torch.ops.quanta.linear_grouped(
+            torch.randn(3, 8), torch.zeros(4, 8, dtype=u8), torch.ones(4, 2), 4, None
+        ),
+        r"linear_grouped: codes must have dtype in \(int8, float8_e4m3fn, float8_e5m2\)",
+    ),
+    "dequantize_grouped_group_size": (
+        lambda: torch.ops.quanta.dequantize_grouped(
+            torch.zeros(2, 8, dtype=torch.int8), torch.ones(2, 2), 3, torch.float32
+        ),
+        r"dequantize_grouped: group_size must be a positive divisor of K = 8, got 3",
+    ),
 }
 
 
@@ -210,6 +244,7 @@ def test_bad_arguments_raise_a_clear_error(name):
         "linear_affine_group_size",
         "quantize_symmetric_scale",
         "linear_int8_input_scale",
+        "linear_lut4_scale_shape",
     ],
 )
 def test_bad_arguments_raise_on_meta_tensors_too(name):

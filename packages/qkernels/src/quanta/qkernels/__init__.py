@@ -25,6 +25,11 @@ OPS = (
     "linear_symmetric",
     "linear_affine",
     "linear_int8",
+    "quantize_lut4",
+    "dequantize_lut4",
+    "linear_lut4",
+    "dequantize_grouped",
+    "linear_grouped",
 )
 
 

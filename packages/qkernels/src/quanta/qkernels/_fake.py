@@ -61,3 +61,28 @@ def linear_affine(input, packed, scale, zero_point, bits, group_size, bias):
 def linear_int8(input, input_scale, codes, scale, bias, dtype):
     v.check_linear_int8(input, input_scale, codes, scale, bias, dtype)
     return input.new_empty((*input.shape[:-1], codes.shape[0]), dtype=dtype)
+
+
+def quantize_lut4(input, table, scale, group_size):
+    v.check_quantize_lut4(input, table, scale, group_size)
+    return input.new_empty(input.shape, dtype=torch.uint8)
+
+
+def dequantize_lut4(codes, table, scale, group_size, dtype):
+    v.check_dequantize_lut4(codes, table, scale, group_size, dtype)
+    return codes.new_empty(codes.shape, dtype=dtype)
+
+
+def linear_lut4(input, packed, table, scale, group_size, bias):
+    v.check_linear_lut4(input, packed, table, scale, group_size, bias)
+    return input.new_empty((*input.shape[:-1], packed.shape[0]))
+
+
+def dequantize_grouped(codes, scale, group_size, dtype):
+    v.check_dequantize_grouped(codes, scale, group_size, dtype)
+    return codes.new_empty(codes.shape, dtype=dtype)
+
+
+def linear_grouped(input, codes, scale, group_size, bias):
+    v.check_linear_grouped(input, codes, scale, group_size, bias)
+    return input.new_empty((*input.shape[:-1], codes.shape[0]))

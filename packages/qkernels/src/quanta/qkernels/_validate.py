@@ -17,6 +17,11 @@ SYMMETRIC_CODE_DTYPES = (
     torch.float8_e5m2fnuz,
 )
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: Scales of the lookup-table (lut4) and grouped 8-bit weights: float, or float8 as the microscaling
+#: formats store them (e4m3 for NVFP4, e8m0 = 2**(e - 127) with 0xFF NaN for MXFP4 / MXFP8).
+GROUP_SCALE_DTYPES = (*FLOAT_DTYPES, torch.float8_e4m3fn, torch.float8_e8m0fnu)
+GROUPED_CODE_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
+LUT4_TABLE_SIZE = 16
 PACK_BITS = (2, 4)
 AFFINE_BITS = tuple(range(1, 9))  # uint8 codes hold up to 8 bits
 
@@ -80,15 +85,10 @@ def check_packed(op: str, name: str, packed: torch.Tensor, size: int, bits: int)
         )
 
 
-def check_groups(
-    op: str,
-    values_name: str,
-    values: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    group_size: int,
+def check_group_scale(
+    op: str, values_name: str, values: torch.Tensor, group_size: int, **scales: torch.Tensor
 ) -> None:
-    """values [rows, K]; scale and zero_point [rows, K // group_size]."""
+    """values [rows, K]; each of scales [rows, K // group_size]."""
     if values.dim() != 2:
         raise ValueError(
             f"quanta::{op}: {values_name} must be 2-D [rows, K], got shape {tuple(values.shape)}"
@@ -99,12 +99,24 @@ def check_groups(
             f"quanta::{op}: group_size must be a positive divisor of K = {k}, got {group_size}"
         )
     groups_shape = (rows, k // group_size)
-    for name, tensor in (("scale", scale), ("zero_point", zero_point)):
+    for name, tensor in scales.items():
         if tuple(tensor.shape) != groups_shape:
             raise ValueError(
                 f"quanta::{op}: {name} must have shape [rows, K // group_size] = "
                 f"{list(groups_shape)}, got {list(tensor.shape)}"
             )
+
+
+def check_groups(
+    op: str,
+    values_name: str,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+) -> None:
+    """values [rows, K]; scale and zero_point [rows, K // group_size]."""
+    check_group_scale(op, values_name, values, group_size, scale=scale, zero_point=zero_point)
     check_floating(op, "scale", scale)
     if zero_point.dtype != torch.uint8 and not zero_point.dtype.is_floating_point:
         raise TypeError(
@@ -226,9 +238,8 @@ def check_linear_int8(input, input_scale, codes, scale, bias, dtype) -> None:
     check_target_dtype(op, dtype, FLOAT_DTYPES)
 
 
-def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:
-    op = "linear_affine"
-    check_bits(op, bits, PACK_BITS)
+def check_packed_weight(op: str, input, packed, bits: int) -> tuple[int, int]:
+    """input [..., K] float and packed [N, ceil(K * bits / 8)]; returns (N, K)."""
     if input.dim() < 1:
         raise ValueError(f"quanta::{op}: input must be [..., K], got a scalar")
     k = input.shape[-1]
@@ -239,9 +250,69 @@ def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias
             f"quanta::{op}: packed must be 2-D [N, ceil(K * bits / 8)], got shape "
             f"{tuple(packed.shape)}"
         )
-    n = packed.shape[0]
+    return packed.shape[0], k
+
+
+def check_linear_affine(input, packed, scale, zero_point, bits, group_size, bias) -> None:
+    op = "linear_affine"
+    check_bits(op, bits, PACK_BITS)
+    n, k = check_packed_weight(op, input, packed, bits)
     # Check the groups against the [N, K] weight the packed codes stand for.
     check_groups(
         op, "weight", packed.new_empty((n, k), device="meta"), scale, zero_point, group_size
     )
     check_bias(op, bias, n)
+
+
+def check_table(op: str, table) -> None:
+    check_dtype(op, "table", table, (torch.float32,))
+    if tuple(table.shape) != (LUT4_TABLE_SIZE,):
+        raise ValueError(
+            f"quanta::{op}: table must have shape [{LUT4_TABLE_SIZE}] (the value of each 4-bit "
+            f"code), got {list(table.shape)}"
+        )
+
+
+def check_scaled_groups(op: str, values_name: str, values, scale, group_size: int) -> None:
+    """values [rows, K] with a scale [rows, K // group_size] of GROUP_SCALE_DTYPES."""
+    check_group_scale(op, values_name, values, group_size, scale=scale)
+    check_dtype(op, "scale", scale, GROUP_SCALE_DTYPES)
+
+
+def check_quantize_lut4(input, table, scale, group_size) -> None:
+    op = "quantize_lut4"
+    check_floating(op, "input", input)
+    check_table(op, table)
+    check_scaled_groups(op, "input", input, scale, group_size)
+
+
+def check_dequantize_lut4(codes, table, scale, group_size, dtype) -> None:
+    op = "dequantize_lut4"
+    check_dtype(op, "codes", codes, (torch.uint8,))
+    check_table(op, table)
+    check_scaled_groups(op, "codes", codes, scale, group_size)
+    check_target_dtype(op, dtype, FLOAT_DTYPES)
+
+
+def check_linear_lut4(input, packed, table, scale, group_size, bias) -> None:
+    op = "linear_lut4"
+    n, k = check_packed_weight(op, input, packed, 4)
+    check_table(op, table)
+    weight = packed.new_empty((n, k), device="meta")
+    check_scaled_groups(op, "weight", weight, scale, group_size)
+    check_bias(op, bias, n)
+
+
+def check_dequantize_grouped(codes, scale, group_size, dtype) -> None:
+    op = "dequantize_grouped"
+    check_dtype(op, "codes", codes, GROUPED_CODE_DTYPES)
+    check_scaled_groups(op, "codes", codes, scale, group_size)
+    check_target_dtype(op, dtype, FLOAT_DTYPES)
+
+
+def check_linear_grouped(input, codes, scale, group_size, bias) -> None:
+    op = "linear_grouped"
+    check_dtype(op, "codes", codes, GROUPED_CODE_DTYPES)
+    check_scaled_groups(op, "codes", codes, scale, group_size)
+    check_linear_input(op, input, codes.shape[1])
+    check_bias(op, bias, codes.shape[0])

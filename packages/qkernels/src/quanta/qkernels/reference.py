@@ -18,13 +18,18 @@ from quanta.qkernels import _validate as v
 
 __all__ = [
     "dequantize_affine",
+    "dequantize_grouped",
+    "dequantize_lut4",
     "dequantize_symmetric",
     "linear_affine",
+    "linear_grouped",
     "linear_int8",
+    "linear_lut4",
     "linear_symmetric",
     "pack",
     "quantize_affine",
     "quantize_dynamic",
+    "quantize_lut4",
     "quantize_symmetric",
     "unpack",
 ]
@@ -199,3 +204,91 @@ def linear_int8(
     if bias is not None:
         out = out + bias.float()
     return out.reshape(*input.shape[:-1], n).to(dtype)
+
+
+def _per_group(values: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """values [rows, K] times scale [rows, K // group_size] per group of K, in fp32."""
+    rows, k = values.shape
+    grouped = values.float().reshape(rows, k // group_size, group_size)
+    return (grouped * scale.float().unsqueeze(-1)).reshape(rows, k)
+
+
+# The order in which quantize_lut4 tries the codes: a tie between two codes goes to the first
+# tried, the even one (round-to-nearest-even for e2m1 in code order), then the lower one.
+_LUT4_TIE_ORDER = (*range(0, 16, 2), *range(1, 16, 2))
+
+
+def quantize_lut4(
+    input: torch.Tensor, table: torch.Tensor, scale: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """uint8 codes [N, K]: the code whose table value is nearest to input / scale (fp32).
+
+    Ties go to the even code; values beyond the table saturate to its nearest end; a zero scale
+    gives the code nearest to 0; NaN gives some code (the scale is where a NaN is kept).
+    """
+    v.check_quantize_lut4(input, table, scale, group_size)
+    scale = scale.float().repeat_interleave(group_size, dim=1)
+    scaled = torch.where(scale == 0, 0.0, input.float() / scale)
+    scaled = scaled.clamp(table.min(), table.max())  # ±Inf to the ends, where distances are finite
+    # One pass per code keeps memory at O(N * K), where a [N, K, 16] distance tensor would not.
+    best_code = torch.zeros_like(input, dtype=torch.uint8)
+    best_distance = torch.full_like(scaled, torch.inf)
+    for code in _LUT4_TIE_ORDER:
+        distance = (scaled - table[code]).abs()
+        nearer = distance < best_distance
+        best_code.masked_fill_(nearer, code)
+        best_distance = torch.where(nearer, distance, best_distance)
+    return best_code
+
+
+def dequantize_lut4(
+    codes: torch.Tensor,
+    table: torch.Tensor,
+    scale: torch.Tensor,
+    group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """table[codes] * scale per group of K, in fp32, returned in dtype.
+
+    Only the low 4 bits of each code are read (values are not checked, which would synchronize a
+    device), as the packed layout holds them.
+    """
+    v.check_dequantize_lut4(codes, table, scale, group_size, dtype)
+    values = table[(codes & 15).long()]
+    return _per_group(values, scale, group_size).to(dtype)
+
+
+def linear_lut4(
+    input: torch.Tensor,
+    packed: torch.Tensor,
+    table: torch.Tensor,
+    scale: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """input [..., K] @ dequantize_lut4(unpack(packed, 4))ᵀ + bias, in input's dtype."""
+    v.check_linear_lut4(input, packed, table, scale, group_size, bias)
+    codes = torch.ops.quanta.unpack(packed, 4, input.shape[-1])
+    weight = torch.ops.quanta.dequantize_lut4(codes, table, scale, group_size, input.dtype)
+    return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
+
+
+def dequantize_grouped(
+    codes: torch.Tensor, scale: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """codes (int8 or float8) * scale per group of K, in fp32, returned in dtype."""
+    v.check_dequantize_grouped(codes, scale, group_size, dtype)
+    return _per_group(codes, scale, group_size).to(dtype)
+
+
+def linear_grouped(
+    input: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """input [..., K] @ dequantize_grouped(codes, scale)ᵀ + bias, in input's dtype."""
+    v.check_linear_grouped(input, codes, scale, group_size, bias)
+    weight = torch.ops.quanta.dequantize_grouped(codes, scale, group_size, input.dtype)
+    return F.linear(input, weight, None if bias is None else bias.to(input.dtype))
