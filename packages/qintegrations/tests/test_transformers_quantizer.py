@@ -147,7 +147,7 @@ def test_save_reload_resave_gives_identical_logits(tiny_llama_dir, token_ids, tm
     assert "model.layers.0.mlp.down_proj" in saved["modules"]["modules"]
 
 
-@pytest.mark.parametrize("weights", ["nf4", "mxfp4", "nvfp4", "mxfp8"])
+@pytest.mark.parametrize("weights", ["nf4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8"])
 def test_block_formats_quantize_on_load_save_and_reload(
     tiny_llama_dir, token_ids, tmp_path, weights
 ):

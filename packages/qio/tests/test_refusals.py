@@ -164,6 +164,7 @@ def test_a_nan_or_inf_scale_is_refused_by_load(tmp_path, frozen_mlp, meta_mlp, k
         ("mxfp4", "fc1.weight.scale"),
         ("nvfp4", "fc1.weight.scale"),
         ("nvfp4", "fc2.weight.tensor_scale"),
+        ("nf4_dq", "fc1.weight.scale_scale"),
     ],
 )
 def test_a_nan_block_format_scale_is_refused_by_load_and_save(

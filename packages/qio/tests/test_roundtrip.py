@@ -177,7 +177,7 @@ def test_conv2d_round_trip(tmp_path, inputs, weights):
     assert torch.equal(loaded(x), model(x))
 
 
-BLOCK_FORMATS = ["nf4", "fp4", "mxfp4", "nvfp4", "mxfp8"]
+BLOCK_FORMATS = ["nf4", "fp4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8"]
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:

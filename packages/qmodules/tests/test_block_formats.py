@@ -11,6 +11,7 @@ from torch import nn
 
 from quanta.qmodules import (
     ModuleConfig,
+    QDoubleQuantLookupTensor,
     QLookupTensor,
     QMicroscaledTensor,
     QNVFP4Tensor,
@@ -18,12 +19,15 @@ from quanta.qmodules import (
     layout_for,
     quantize,
 )
-from quanta.qtypes import qfp4, qmxfp4, qmxfp8, qnf4, qnvfp4
+from quanta.qtypes import qfp4, qfp4_dq, qmxfp4, qmxfp8, qnf4, qnf4_dq, qnvfp4
 
-FORMATS = [qnf4, qfp4, qmxfp4, qnvfp4, qmxfp8]
+FORMATS = [qnf4, qfp4, qnf4_dq, qfp4_dq, qmxfp4, qnvfp4, qmxfp8]
 # relative RMS error of a N(0, 1) weight [64, 256] (measured: nf4 0.092, fp4 0.122, mxfp4
-# 0.115, nvfp4 0.095, mxfp8 0.029), with a 10% margin
-RELATIVE_RMS_BOUND = {qnf4: 0.10, qfp4: 0.135, qmxfp4: 0.127, qnvfp4: 0.105, qmxfp8: 0.032}
+# 0.115, nvfp4 0.095, mxfp8 0.029; double quantization changes the third digit), + 10%
+RELATIVE_RMS_BOUND = {
+    **{qnf4: 0.10, qfp4: 0.135, qnf4_dq: 0.10, qfp4_dq: 0.135},
+    **{qmxfp4: 0.127, qnvfp4: 0.105, qmxfp8: 0.032},
+}
 # the kernels sum K products in another order than F.linear, and round to bfloat16 (2**-8)
 LINEAR_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -39,14 +43,9 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_each_format_names_its_layout():
-    layouts = [layout_for(q) for q in FORMATS]
-    assert layouts == [
-        QLookupTensor,
-        QLookupTensor,
-        QMicroscaledTensor,
-        QNVFP4Tensor,
-        QMicroscaledTensor,
-    ]
+    lookup, double, micro = QLookupTensor, QDoubleQuantLookupTensor, QMicroscaledTensor
+    expected = [lookup, lookup, double, double, micro, QNVFP4Tensor, micro]
+    assert [layout_for(q) for q in FORMATS] == expected
 
 
 @pytest.mark.parametrize("qtype", FORMATS, ids=str)
@@ -116,7 +115,7 @@ def test_nf4_codes_of_a_hand_worked_block():
     assert torch.ops.quanta.unpack(tensor.codes, 4, 64)[0, :4].tolist() == [15, 12, 0, 8]
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=str)
+@pytest.mark.parametrize("qtype", [q for q in FORMATS if q not in (qnf4_dq, qfp4_dq)], ids=str)
 def test_nan_in_a_block_is_nan_out_there_only(qtype):
     torch.manual_seed(0)
     weight = torch.randn(4, 128)
@@ -124,6 +123,25 @@ def test_nan_in_a_block_is_nan_out_there_only(qtype):
     values = quantized(weight, qtype).dequantize()
     assert values[1, :16].isnan().all()  # the block holding the NaN (16 columns or more)
     assert values[[0, 2, 3]].isfinite().all() and values[1, 64:].isfinite().all()
+
+
+def test_double_quantized_nan_is_nan_out_in_its_256_blocks_only():
+    # [64, 512] at group 64: 512 scales, two second-level blocks of 256 (rows 0-31, 32-63)
+    torch.manual_seed(0)
+    weight = torch.randn(64, 512)
+    weight[1, 5] = float("nan")
+    values = quantized(weight, qnf4_dq).dequantize()
+    assert values[:32].isnan().all() and values[32:].isfinite().all()
+
+
+def test_double_quantization_saves_memory_and_keeps_the_error():
+    torch.manual_seed(0)
+    weight = torch.randn(256, 1024, dtype=torch.bfloat16)
+    single, double = quantized(weight, qnf4), quantized(weight, qnf4_dq)
+    # 4096 scales: 2 bytes each (bfloat16) against 1 byte, plus 4 bytes per 256 and the offset
+    assert single.nbytes - double.nbytes == 4096 * (2 - 1) - 4 * 4096 // 256 - 4
+    single_error = relative_rms(single.dequantize(), weight.float())
+    assert relative_rms(double.dequantize(), weight.float()) < single_error * 1.01
 
 
 @pytest.mark.parametrize("qtype", FORMATS, ids=str)
@@ -199,11 +217,13 @@ def test_quantize_freeze_and_state_dict_round_trip(qtype, uniform_inputs):
 
 
 def test_compile_fullgraph_matches_eager(uniform_inputs):
-    # one model, one compilation, every layout: lut4 (nf4), two-level (nvfp4), grouped (mxfp8)
+    # one model, one compilation, every layout: nf4, nf4 double-quantized, nvfp4, mxfp8
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.Linear(32, 16))
-    overrides = {"2": {"weights": "nvfp4"}, "3": {"weights": "mxfp8"}}
-    freeze(quantize(model, weights="nf4", overrides=overrides))
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 16)
+    )
+    overrides = {"0": {"weights": "nf4"}, "2": {"weights": "nvfp4"}, "3": {"weights": "mxfp8"}}
+    freeze(quantize(model, weights="nf4_dq", overrides=overrides))
     x = uniform_inputs(4, 64)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)

@@ -21,6 +21,7 @@ from quanta.qtypes import (
     qint8,
     qmxfp4,
     qnf4,
+    qnf4_dq,
     qnvfp4,
 )
 
@@ -93,6 +94,7 @@ def test_weight_memory_plans_before_freeze_what_freeze_stores(qtype):
 
 
 def test_stored_part_names_cover_every_layout():
-    qtypes = [*QTYPES, qnf4, qmxfp4, qnvfp4]
+    qtypes = [*QTYPES, qnf4, qnf4_dq, qmxfp4, qnvfp4]
     names = {name for qtype in qtypes for name in layout_for(qtype).inner_names}
-    assert set(stored_part_names()) == names == {"codes", "scale", "zero_point", "tensor_scale"}
+    block_parts = {"tensor_scale", "scale_codes", "scale_scale", "scale_offset"}
+    assert set(stored_part_names()) == names == {"codes", "scale", "zero_point"} | block_parts

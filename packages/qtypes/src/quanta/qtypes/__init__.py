@@ -1,6 +1,7 @@
 """quanta.qtypes: quantized data types and the scale math that maps floats onto them."""
 
 from quanta.qtypes.block_scales import (
+    DOUBLE_QUANT_BLOCK,
     double_dequantize_scale,
     double_quantize_scale,
     mx_scale,
@@ -11,6 +12,7 @@ from quanta.qtypes.qtype import (
     E2M1_TABLE,
     FP4_TABLE,
     LOOKUP_TABLE,
+    LOOKUP_TABLE_DOUBLE,
     MICROSCALED,
     NF4_TABLE,
     NVFP4,
@@ -22,12 +24,14 @@ from quanta.qtypes.qtype import (
     qfloat8_e4m3fnuz,
     qfloat8_e5m2,
     qfp4,
+    qfp4_dq,
     qint2,
     qint4,
     qint8,
     qmxfp4,
     qmxfp8,
     qnf4,
+    qnf4_dq,
     qnvfp4,
     qtype_names,
     to_qtype,
@@ -42,9 +46,11 @@ from quanta.qtypes.scales import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "DOUBLE_QUANT_BLOCK",
     "E2M1_TABLE",
     "FP4_TABLE",
     "LOOKUP_TABLE",
+    "LOOKUP_TABLE_DOUBLE",
     "MICROSCALED",
     "NF4_TABLE",
     "NVFP4",
@@ -63,12 +69,14 @@ __all__ = [
     "qfloat8_e4m3fnuz",
     "qfloat8_e5m2",
     "qfp4",
+    "qfp4_dq",
     "qint2",
     "qint4",
     "qint8",
     "qmxfp4",
     "qmxfp8",
     "qnf4",
+    "qnf4_dq",
     "qnvfp4",
     "qtype_names",
     "symmetric_scale",

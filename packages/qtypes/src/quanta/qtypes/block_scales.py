@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from quanta.qtypes.qtype import LOOKUP_TABLE, MICROSCALED, NVFP4, QType
+from quanta.qtypes.qtype import LOOKUP_TABLE, LOOKUP_TABLE_DOUBLE, MICROSCALED, NVFP4, QType
 
 E8M0_BIAS = 127  # e8m0 stores 2**(byte - 127); byte 255 is NaN
 E8M0_NAN = 255
@@ -27,7 +27,8 @@ def table_absmax_scale(x: torch.Tensor, qtype: QType, block_size: int) -> torch.
     An all-zero block gets scale 1 (bitsandbytes stores 0) so that quantizing never divides
     by zero; it still dequantizes to exact zeros. A block holding a NaN gets a NaN scale.
     """
-    _check_layout(qtype, LOOKUP_TABLE, "table_absmax_scale")
+    if qtype.layout not in (LOOKUP_TABLE, LOOKUP_TABLE_DOUBLE):
+        raise ValueError(f"table_absmax_scale is for nf4/fp4 qtypes, got {qtype}")
     absmax = _blocks(x, block_size).abs().amax(dim=-1)
     return torch.where(absmax == 0, torch.ones_like(absmax), absmax)
 
@@ -43,16 +44,19 @@ def double_quantize_scale(
     codes here are plain symmetric int8 (round to nearest): the storage is not bitsandbytes'
     bit format, and its error is at most half a step of each block's absmax / 127.
     codes: int8 of scale's shape; code_scale: float32 [ceil(numel / block_size)]; offset:
-    float32 [1]. `double_dequantize_scale` inverts it.
+    float32 [1]. A NaN or Inf scale makes its block's code_scale NaN (the mean and the other
+    blocks ignore it). `double_dequantize_scale` inverts it.
     """
     flat = scale.float().flatten()
-    offset = flat.mean().reshape(1)
-    centered = flat - offset
+    finite = flat.isfinite()
+    offset = (torch.where(finite, flat, 0).sum() / finite.sum().clamp(min=1)).reshape(1)
     padding = -flat.numel() % block_size
-    blocks = torch.nn.functional.pad(centered, (0, padding)).reshape(-1, block_size)
-    absmax = blocks.abs().amax(dim=-1)
+    blocks = torch.nn.functional.pad(flat - offset, (0, padding)).reshape(-1, block_size)
+    kept = torch.where(blocks.isfinite(), blocks, 0)
+    absmax = kept.abs().amax(dim=-1)
     code_scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax / INT8_MAX)
-    codes = torch.round(blocks / code_scale[:, None]).clamp(-INT8_MAX, INT8_MAX)
+    codes = torch.round(kept / code_scale[:, None]).clamp(-INT8_MAX, INT8_MAX)
+    code_scale = torch.where(blocks.isfinite().all(dim=-1), code_scale, torch.nan)
     codes = codes.flatten()[: flat.numel()].to(torch.int8).reshape(scale.shape)
     return codes, code_scale, offset
 

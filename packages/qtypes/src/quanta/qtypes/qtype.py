@@ -10,6 +10,7 @@ import torch
 PACKED_AFFINE = "packed_affine"  # unsigned codes packed into uint8, scale and zero point a group
 SYMMETRIC = "symmetric"  # one code a byte (int8 or float8), a symmetric scale
 LOOKUP_TABLE = "lookup_table"  # 4-bit indices into a 16-value table, an absmax scale a block
+LOOKUP_TABLE_DOUBLE = "lookup_table_double"  # the same, its scales quantized to int8 (QLoRA)
 MICROSCALED = "microscaled"  # OCP MX: float codes and a power-of-two (e8m0) scale per 32
 NVFP4 = "nvfp4"  # e2m1 codes, an e4m3 scale per 16 and one float32 scale per tensor
 
@@ -78,6 +79,8 @@ qfloat8_e5m2 = _float8("qfloat8_e5m2", torch.float8_e5m2)
 qfloat8 = qfloat8_e4m3fn
 qnf4 = _table4("qnf4", NF4_TABLE, LOOKUP_TABLE)
 qfp4 = _table4("qfp4", FP4_TABLE, LOOKUP_TABLE)
+qnf4_dq = _table4("qnf4_dq", NF4_TABLE, LOOKUP_TABLE_DOUBLE)
+qfp4_dq = _table4("qfp4_dq", FP4_TABLE, LOOKUP_TABLE_DOUBLE)
 qmxfp4 = _table4(
     "qmxfp4", E2M1_TABLE, MICROSCALED, block_size=MX_BLOCK_SIZE, scale_dtype=torch.float8_e8m0fnu
 )
@@ -98,10 +101,13 @@ qmxfp8 = QType(
 
 _INTEGERS = (qint2, qint4, qint8)
 _FLOAT8 = (qfloat8_e4m3fn, qfloat8_e4m3fnuz, qfloat8_e5m2)
-_QTYPES = {q.name: q for q in (*_INTEGERS, *_FLOAT8, qnf4, qfp4, qmxfp4, qnvfp4, qmxfp8)}
+_BLOCK_FORMATS = (qnf4, qfp4, qnf4_dq, qfp4_dq, qmxfp4, qnvfp4, qmxfp8)
+_QTYPES = {q.name: q for q in (*_INTEGERS, *_FLOAT8, *_BLOCK_FORMATS)}
 _ALIASES = {
     "nf4": qnf4,
     "fp4": qfp4,
+    "nf4_dq": qnf4_dq,
+    "fp4_dq": qfp4_dq,
     "mxfp4": qmxfp4,
     "nvfp4": qnvfp4,
     "mxfp8": qmxfp8,

@@ -12,7 +12,7 @@ from quanta.qmodules.tensors.layouts import (
     register_layout,
     stored_part_names,
 )
-from quanta.qmodules.tensors.lookup import QLookupTensor
+from quanta.qmodules.tensors.lookup import QDoubleQuantLookupTensor, QLookupTensor
 from quanta.qmodules.tensors.microscaled import QMicroscaledTensor
 from quanta.qmodules.tensors.nvfp4 import QNVFP4Tensor
 
@@ -21,6 +21,7 @@ __all__ = [
     "QActivationTensor",
     "QBitsTensor",
     "QBytesTensor",
+    "QDoubleQuantLookupTensor",
     "QLookupTensor",
     "QMicroscaledTensor",
     "QNVFP4Tensor",

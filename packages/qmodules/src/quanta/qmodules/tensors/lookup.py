@@ -10,7 +10,15 @@ import torch
 
 from quanta.qmodules.tensors.base import kernel_call
 from quanta.qmodules.tensors.layouts import PartSpec, QWeightTensor, register_layout
-from quanta.qtypes import LOOKUP_TABLE, QType, table_absmax_scale
+from quanta.qtypes import (
+    DOUBLE_QUANT_BLOCK,
+    LOOKUP_TABLE,
+    LOOKUP_TABLE_DOUBLE,
+    QType,
+    double_dequantize_scale,
+    double_quantize_scale,
+    table_absmax_scale,
+)
 
 BITSANDBYTES_BLOCK_SIZE = 64  # bitsandbytes' default blocksize for 4-bit weights
 
@@ -100,3 +108,89 @@ class QLookupTensor(QWeightTensor):
             self.group_size,
             bias,
         )
+
+
+@register_layout
+class QDoubleQuantLookupTensor(QLookupTensor):
+    """nf4/fp4 with double-quantized scales (QLoRA): packed codes [out, ceil(K/2)], int8
+    scale_codes [out, K/group], float32 scale_scale [ceil(out * K/group / 256)] and float32
+    scale_offset [1] (see quanta.qtypes.double_quantize_scale: int8 codes, not bitsandbytes'
+    8-bit dynamic map). The weight's float dtype is the `float_dtype` attribute.
+    """
+
+    layout = LOOKUP_TABLE_DOUBLE
+    inner_names = ("codes", "scale_codes", "scale_scale", "scale_offset")
+    float_inner_names = ()
+    attribute_names = ("qtype", "group_size", "float_dtype")
+
+    @staticmethod
+    def __new__(
+        cls,
+        codes: torch.Tensor,
+        scale_codes: torch.Tensor,
+        scale_scale: torch.Tensor,
+        scale_offset: torch.Tensor,
+        qtype: QType,
+        group_size: int,
+        float_dtype: torch.dtype,
+        shape: Any,
+    ):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape, dtype=float_dtype, device=codes.device, requires_grad=False
+        )
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scale_codes: torch.Tensor,
+        scale_scale: torch.Tensor,
+        scale_offset: torch.Tensor,
+        qtype: QType,
+        group_size: int,
+        float_dtype: torch.dtype,
+        shape: Any,
+    ):
+        self.codes = codes
+        self.scale_codes = scale_codes
+        self.scale_scale = scale_scale
+        self.scale_offset = scale_offset
+        self.qtype = qtype
+        self.group_size = group_size
+        self.float_dtype = float_dtype
+
+    @classmethod
+    def quantize(
+        cls, weight: torch.Tensor, qtype: QType, group_size: int | None
+    ) -> QDoubleQuantLookupTensor:
+        """Quantize with the double-quantized absmax scales (the codes use those, as stored)."""
+        group_size = group_size or BITSANDBYTES_BLOCK_SIZE
+        rows = weight.reshape(weight.shape[0], -1)
+        scale_parts = double_quantize_scale(table_absmax_scale(rows, qtype, group_size))
+        scale = double_dequantize_scale(*scale_parts)
+        table = code_table(qtype, weight.device)
+        codes = torch.ops.quanta.pack(
+            torch.ops.quanta.quantize_lut4(rows, table, scale, group_size), 4
+        )
+        return cls(codes, *scale_parts, qtype, group_size, weight.dtype, weight.shape)
+
+    @classmethod
+    def part_specs(
+        cls, qtype: QType, rows: int, in_size: int, group_size: int | None
+    ) -> dict[str, PartSpec]:
+        groups = in_size // group_size
+        second_level = math.ceil(rows * groups / DOUBLE_QUANT_BLOCK)
+        return {
+            "codes": packed_codes_spec(rows, in_size),
+            "scale_codes": PartSpec((rows, groups), torch.int8),
+            "scale_scale": PartSpec((second_level,), torch.float32),
+            "scale_offset": PartSpec((1,), torch.float32),
+        }
+
+    @classmethod
+    def scale_part_names(cls) -> tuple[str, ...]:
+        return ("scale_scale", "scale_offset")
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The float32 block scales the stored parts stand for."""
+        return double_dequantize_scale(self.scale_codes, self.scale_scale, self.scale_offset)
