@@ -38,10 +38,11 @@ def load_stored_tensors(
     Codes, and scales in a format of their own (e8m0, e4m3, float32 tensor scales), keep their
     dtype; the layout's float scales, float zero points and activation buffers take `dtype`.
     """
-    missing = [name for name in (CODES, f"{WEIGHT}.scale") if name not in stored]
+    layout = layout_for(module.qconfig.weights)
+    keys = [f"{WEIGHT}.{name}" for name in layout.inner_names]
+    missing = [key for key in keys if key not in stored]
     if missing:
         raise ValueError(f"the checkpoint lacks {missing[0]}")
-    layout = layout_for(module.qconfig.weights)
     converted = (*layout.float_inner_names, *layout.optional_float_names)
     kept = {f"{WEIGHT}.{name}" for name in layout.inner_names if name not in converted}
     state = {
