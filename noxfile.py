@@ -111,6 +111,16 @@ def tests_pkg(session: nox.Session, package: str) -> None:
 
 
 @nox.session
+def bnb(session: nox.Session) -> None:
+    """quanta's nf4/fp4 against bitsandbytes' own on CPU; bitsandbytes is installed here only."""
+    _install(session, *BUILD_TOOLS, *TEST_TOOLS, "bitsandbytes")
+    _install_layers(session, ["qtypes", "qkernels", "qmodules"], editable=True)
+    session.run(
+        "python", "-m", "pytest", "packages/qmodules/tests/test_bitsandbytes.py", *session.posargs
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check over the whole tree."""
     _install(session, "ruff")

@@ -31,9 +31,9 @@ def test_the_demo_is_not_a_subcommand(capsys):
 
 def test_the_listed_choices_are_what_quanta_accepts():
     from quanta.qmodules import ACTIVATION_MODES
-    from quanta.qtypes import qtype_names, to_qtype
+    from quanta.qtypes import SYMMETRIC, qtype_names, to_qtype
 
     assert list(cli.WEIGHT_QTYPES) == qtype_names()  # sorted, as help lists them
-    eight_bit = [name for name in qtype_names() if to_qtype(name).bits == 8]
-    assert list(cli.ACTIVATION_QTYPES) == eight_bit
+    one_scale = [name for name in qtype_names() if to_qtype(name).layout == SYMMETRIC]
+    assert list(cli.ACTIVATION_QTYPES) == one_scale
     assert cli.ACTIVATION_MODES == ACTIVATION_MODES

@@ -147,6 +147,17 @@ def test_save_reload_resave_gives_identical_logits(tiny_llama_dir, token_ids, tm
     assert "model.layers.0.mlp.down_proj" in saved["modules"]["modules"]
 
 
+@pytest.mark.parametrize("weights", ["nf4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8"])
+def test_block_formats_quantize_on_load_save_and_reload(
+    tiny_llama_dir, token_ids, tmp_path, weights
+):
+    model = _load(tiny_llama_dir, quantization_config=QuantaConfig(weights=weights))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    freeze(quantize(reference, weights=weights, exclude="lm_head"))
+    assert torch.equal(_logits(model, token_ids), _logits(reference, token_ids))
+    _save_reload_resave(model, token_ids, tmp_path)
+
+
 def test_checkpoint_holds_the_frozen_layout_and_shape_sentinels(tiny_llama_dir, tmp_path):
     from safetensors import safe_open
 

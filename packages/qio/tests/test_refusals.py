@@ -158,6 +158,31 @@ def test_a_nan_or_inf_scale_is_refused_by_load(tmp_path, frozen_mlp, meta_mlp, k
         load(tmp_path, meta_mlp(), progress=False)
 
 
+@pytest.mark.parametrize(
+    ("weights", "key"),
+    [
+        ("mxfp4", "fc1.weight.scale"),
+        ("nvfp4", "fc1.weight.scale"),
+        ("nvfp4", "fc2.weight.tensor_scale"),
+        ("nf4_dq", "fc1.weight.scale_scale"),
+    ],
+)
+def test_a_nan_block_format_scale_is_refused_by_load_and_save(
+    tmp_path, frozen_mlp, meta_mlp, weights, key
+):
+    """e8m0 and e4m3 scales hold NaN too (torch.isfinite calls an e8m0 NaN finite)."""
+    model = frozen_mlp(weights)
+    save(model, tmp_path)
+    _poison(tmp_path / FILE, key, float("nan"))
+    module = key.split(".")[0]
+    with pytest.raises(CorruptCheckpointError, match=rf"scale '{key}' of module '{module}'"):
+        load(tmp_path, meta_mlp(), progress=False)
+    part = getattr(getattr(model, module).weight, key.split(".")[-1])
+    part.view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=rf"module '{module}': its scale '{key}' holds NaN"):
+        save(model, tmp_path / "out")
+
+
 def test_float_weights_may_hold_anything(tmp_path, frozen_mlp, meta_mlp):
     """Only scales are refused: the LayerNorm's float weight is the model's own business."""
     save(frozen_mlp("int4"), tmp_path)

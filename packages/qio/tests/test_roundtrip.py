@@ -175,3 +175,28 @@ def test_conv2d_round_trip(tmp_path, inputs, weights):
     loaded = load(tmp_path, skeleton, progress=False)
     x = inputs(2, 3, 6, 6)
     assert torch.equal(loaded(x), model(x))
+
+
+BLOCK_FORMATS = ["nf4", "fp4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8"]
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous().view(torch.uint8)
+
+
+@pytest.mark.parametrize("weights", BLOCK_FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_block_formats_round_trip_bit_identically(
+    tmp_path, frozen_mlp, meta_mlp, inputs, dtype, weights
+):
+    model = frozen_mlp(weights, dtype=dtype)
+    save(model, tmp_path)
+    loaded = load(tmp_path, meta_mlp(dtype), progress=False)
+    for name in ("fc1", "fc2"):
+        saved, read = getattr(model, name).weight, getattr(loaded, name).weight
+        assert (type(read), read.dtype, read.qtype) == (type(saved), dtype, saved.qtype)
+        for part, tensor in saved.inner_tensors().items():
+            assert torch.equal(_bits(read.inner_tensors()[part]), _bits(tensor)), part
+    x = inputs(4, 256, dtype=dtype)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))

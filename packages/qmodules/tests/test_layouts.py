@@ -11,7 +11,19 @@ from quanta.qmodules import (
     stored_part_names,
     weight_memory,
 )
-from quanta.qtypes import PACKED_AFFINE, SYMMETRIC, QType, qfloat8, qint2, qint4, qint8
+from quanta.qtypes import (
+    PACKED_AFFINE,
+    SYMMETRIC,
+    QType,
+    qfloat8,
+    qint2,
+    qint4,
+    qint8,
+    qmxfp4,
+    qnf4,
+    qnf4_dq,
+    qnvfp4,
+)
 
 QTYPES = [qint2, qint4, qint8, qfloat8]
 
@@ -82,5 +94,7 @@ def test_weight_memory_plans_before_freeze_what_freeze_stores(qtype):
 
 
 def test_stored_part_names_cover_every_layout():
-    names = {name for qtype in QTYPES for name in layout_for(qtype).inner_names}
-    assert set(stored_part_names()) == names == {"codes", "scale", "zero_point"}
+    qtypes = [*QTYPES, qnf4, qnf4_dq, qmxfp4, qnvfp4]
+    names = {name for qtype in qtypes for name in layout_for(qtype).inner_names}
+    block_parts = {"tensor_scale", "scale_codes", "scale_scale", "scale_offset"}
+    assert set(stored_part_names()) == names == {"codes", "scale", "zero_point"} | block_parts

@@ -21,6 +21,11 @@ _EXPORTS = {
     "qfloat8_e4m3fn": "quanta.qtypes",
     "qfloat8_e4m3fnuz": "quanta.qtypes",
     "qfloat8_e5m2": "quanta.qtypes",
+    "qnf4": "quanta.qtypes",
+    "qfp4": "quanta.qtypes",
+    "qmxfp4": "quanta.qtypes",
+    "qnvfp4": "quanta.qtypes",
+    "qmxfp8": "quanta.qtypes",
     "quantize": "quanta.qmodules",
     "freeze": "quanta.qmodules",
     "QLinear": "quanta.qmodules",
@@ -45,9 +50,14 @@ if TYPE_CHECKING:
         qfloat8_e4m3fn,
         qfloat8_e4m3fnuz,
         qfloat8_e5m2,
+        qfp4,
         qint2,
         qint4,
         qint8,
+        qmxfp4,
+        qmxfp8,
+        qnf4,
+        qnvfp4,
     )
 
 

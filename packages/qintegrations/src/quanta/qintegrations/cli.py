@@ -11,11 +11,18 @@ from pathlib import Path
 # The names `--weights`, `--activations` and `--activations-mode` accept, written out so that the
 # parser (and `quanta --help`) needs no torch import; test_cli checks them against quanta.qtypes.
 WEIGHT_QTYPES = (
-    *("e4m3", "e5m2", "float8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"),
-    *("fp8", "fp8_e4m3fn", "fp8_e4m3fnuz", "fp8_e5m2", "int2", "int4", "int8"),
-    *("qfloat8", "qfloat8_e4m3fn", "qfloat8_e4m3fnuz", "qfloat8_e5m2", "qint2", "qint4", "qint8"),
+    *("e4m3", "e5m2", "float8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "fp4"),
+    *("fp4_dq", "fp8", "fp8_e4m3fn", "fp8_e4m3fnuz", "fp8_e5m2", "int2", "int4", "int8"),
+    *("mxfp4", "mxfp8", "nf4", "nf4_dq", "nvfp4", "qfloat8", "qfloat8_e4m3fn"),
+    *("qfloat8_e4m3fnuz", "qfloat8_e5m2", "qfp4", "qfp4_dq", "qint2", "qint4", "qint8"),
+    *("qmxfp4", "qmxfp8", "qnf4", "qnf4_dq", "qnvfp4"),
 )
-ACTIVATION_QTYPES = tuple(name for name in WEIGHT_QTYPES if not name.endswith(("int2", "int4")))
+# activations take the 8-bit qtypes with one scale (int8, float8), not 2/4-bit or block formats
+ACTIVATION_QTYPES = tuple(
+    name
+    for name in WEIGHT_QTYPES
+    if not name.endswith(("int2", "int4", "fp4", "nf4", "_dq", "mxfp8"))
+)
 ACTIVATION_MODES = ("static", "dynamic")
 # the file names from_pretrained reads weights from (transformers.utils' *WEIGHTS*_NAME)
 WEIGHTS_FILES = (

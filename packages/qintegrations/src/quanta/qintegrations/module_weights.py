@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quanta.qmodules import QModuleMixin
+from quanta.qmodules import QModuleMixin, layout_for
 
 WEIGHT = "weight"
-# The stored weight parts that are codes: they keep their dtype (int8, uint8, float8).
 CODES = f"{WEIGHT}.codes"
 
 
@@ -36,15 +35,20 @@ def load_stored_tensors(
 ) -> None:
     """Pre-quantized load: assign a frozen module's stored tensors (names relative to it).
 
-    Codes keep their dtype; scales, float zero points and activation buffers take `dtype`.
+    Codes, and scales in a format of their own (e8m0, e4m3, float32 tensor scales), keep their
+    dtype; the layout's float scales, float zero points and activation buffers take `dtype`.
     """
-    missing = [name for name in (CODES, f"{WEIGHT}.scale") if name not in stored]
+    layout = layout_for(module.qconfig.weights)
+    keys = [f"{WEIGHT}.{name}" for name in layout.inner_names]
+    missing = [key for key in keys if key not in stored]
     if missing:
         raise ValueError(f"the checkpoint lacks {missing[0]}")
+    converted = (*layout.float_inner_names, *layout.optional_float_names)
+    kept = {f"{WEIGHT}.{name}" for name in layout.inner_names if name not in converted}
     state = {
         name: tensor.to(
             device=device,
-            dtype=None if name == CODES or not tensor.is_floating_point() else dtype,
+            dtype=None if name in kept or not tensor.is_floating_point() else dtype,
         )
         for name, tensor in stored.items()
     }

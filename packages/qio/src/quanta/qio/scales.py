@@ -20,7 +20,7 @@ def scale_keys(model: nn.Module) -> dict[str, str]:
         prefix = f"{name}." if name else ""
         weight = module.stored_weight if isinstance(module, QModuleMixin) else None
         if isinstance(weight, QWeightTensor):
-            for part in (*weight.float_inner_names, *weight.optional_float_names):
+            for part in weight.scale_part_names():
                 keys[f"{prefix}weight.{part}"] = name
         if isinstance(module, QActivationMixin):
             for buffer in module.activation_scales():
@@ -35,6 +35,9 @@ def non_finite_scale(
     NaN or an Inf, or None."""
     for key, module in keys.items():
         tensor = state.get(key)
-        if tensor is not None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor is None or not tensor.is_floating_point():
+            continue
+        # float32 first: torch.isfinite calls every float8_e8m0fnu finite, even its NaN
+        if not tensor.float().isfinite().all():
             return key, module
     return None

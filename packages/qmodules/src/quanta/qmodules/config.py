@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from quanta.qmodules.optimizers import WeightOptimizer, check_supports, to_weight_optimizer
 from quanta.qmodules.tensors import layout_for
-from quanta.qtypes import QType, to_qtype
+from quanta.qtypes import SYMMETRIC, QType, to_qtype
 
 ACTIVATION_MODES = ("static", "dynamic")
 DEFAULT_GROUP_SIZES = (128, 64, 32)
@@ -28,8 +28,9 @@ class ModuleConfig:
 
     weights: the weight qtype (a QType or its name), None to leave the weight float.
     group_size: columns per scale for grouped layouts (2/4-bit); None: 128, 64 or 32, whichever
-        divides K, at quantize(). Refused for weights without groups (8-bit: one scale per
-        output channel).
+        divides K, at quantize() (nf4/fp4: 64, bitsandbytes' block, where it divides K).
+        Refused for weights without groups (8-bit: one scale per output channel); the
+        microscaled formats fix it (mxfp4, mxfp8: 32; nvfp4: 16): None or that value.
     optimizer: chooses the stored weights at freeze: a WeightOptimizer or a registered name
         ("hqq", "gptq"...); None is the layout's default rule. A config read from a checkpoint
         holds the name that was saved.
@@ -75,6 +76,12 @@ class ModuleConfig:
                 f"group_size={self.group_size} applies to 2/4-bit weights only; {weights} weights "
                 "have one scale per output channel: leave group_size None"
             )
+        fixed = None if weights is None else weights.block_size
+        if fixed is not None and self.group_size not in (None, fixed):
+            raise ValueError(
+                f"group_size={self.group_size} does not apply to {weights} weights: the format "
+                f"fixes group_size={fixed}; leave it None or set {fixed}"
+            )
         for name in ("output_quantized", "float_zero_point", "input_smoothing"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -106,14 +113,7 @@ class ModuleConfig:
         optimizer = to_weight_optimizer(self.optimizer) if self.weights is not None else None
         check_supports(optimizer, self.weights, module_name)
         grouped = self.weights is not None and layout_for(self.weights).grouped
-        group_size = self.group_size if grouped else None
-        if grouped and group_size is None:
-            group_size = default_group_size(in_size)
-        elif grouped and in_size % group_size:
-            raise ValueError(
-                f"group_size={group_size} does not divide K={in_size} of module "
-                f"{module_name!r}; use a divisor of {in_size} or None"
-            )
+        group_size = _module_group_size(self, in_size, module_name) if grouped else None
         float_zero_point = optimizer is not None and optimizer.float_zero_point
         static = self.activations is not None and self.activations_mode == "static"
         return replace(
@@ -158,12 +158,33 @@ class ModuleConfig:
         return cls(**entry, activations_mode=mode)
 
 
-def default_group_size(in_size: int) -> int:
-    """128 when it divides K, else the largest of 64/32 that does, else K (one group a row)."""
-    for size in DEFAULT_GROUP_SIZES:
+def default_group_size(in_size: int, preferred: int | None = None) -> int:
+    """`preferred` when given and it divides K, else 128 when it divides K, else the largest of
+    64/32 that does, else K (one group a row)."""
+    for size in (preferred, *DEFAULT_GROUP_SIZES) if preferred else DEFAULT_GROUP_SIZES:
         if in_size % size == 0:
             return size
     return in_size
+
+
+def _module_group_size(config: ModuleConfig, in_size: int, module_name: str) -> int:
+    """The group size of grouped weights for a module of K = `in_size`: the given one checked,
+    the format's fixed block, or the layout's default."""
+    qtype = config.weights
+    group_size = config.group_size or qtype.block_size
+    if group_size is None:
+        return default_group_size(in_size, layout_for(qtype).default_group_size)
+    if in_size % group_size and qtype.block_size:
+        raise ValueError(
+            f"{qtype} weights need K divisible by {group_size}, the format's block; module "
+            f"{module_name!r} has K={in_size}: exclude it or give it other weights"
+        )
+    if in_size % group_size:
+        raise ValueError(
+            f"group_size={group_size} does not divide K={in_size} of module "
+            f"{module_name!r}; use a divisor of {in_size} or None"
+        )
+    return group_size
 
 
 def to_module_config(value: ModuleConfig | dict[str, Any], argument: str) -> ModuleConfig:
@@ -194,7 +215,7 @@ def _activation_qtype(value: Any) -> QType | None:
     if value is None:
         return None
     qtype = to_qtype(value, "activations")
-    if qtype.bits != 8:
+    if qtype.layout != SYMMETRIC:
         raise ValueError(
             f"activations must be None or an 8-bit qtype (qint8, qfloat8...), got {qtype}"
         )
@@ -248,7 +269,7 @@ def _stored_problems(
         problems.append(f"group_size {group_size} for weights {value['weights']}")
     if value["float_zero_point"] and not grouped:
         problems.append("float zero points without 2/4-bit weights")
-    if activations is not None and activations.bits != 8:
+    if activations is not None and activations.layout != SYMMETRIC:
         problems.append(f"activations {value['activations']} (8-bit qtypes only)")
     mode = value["activations_mode"]
     if (activations is None) != (mode is None) or mode not in (None, *ACTIVATION_MODES):

@@ -146,6 +146,12 @@ def to_weight_optimizer(value: Any, argument: str = "optimizer") -> WeightOptimi
 
 def check_supports(optimizer: WeightOptimizer | None, qtype: QType, module_name: str) -> None:
     """ValueError naming optimizer, module and qtype when `optimizer` cannot produce `qtype`."""
+    if optimizer is not None and layout_for(qtype).default_optimizer is None:
+        raise ValueError(
+            f"optimizer {optimizer.name or optimizer!r} does not apply to {qtype} weights "
+            f"(module {module_name!r}): the format fixes how they are quantized; leave "
+            "optimizer None"
+        )
     if optimizer is not None and not optimizer.supports(qtype):
         raise ValueError(
             f"optimizer {optimizer.name or optimizer!r} does not support {qtype} weights "

@@ -14,7 +14,7 @@ from quanta.qmodules.config import ModuleConfig, to_module_config
 from quanta.qmodules.modules import QModuleMixin, apply_module_config, quantized_base_for
 from quanta.qmodules.optimizers import WeightOptimizer
 from quanta.qmodules.tensors import layout_for
-from quanta.qtypes import QType, qint8
+from quanta.qtypes import QType, qint8, to_qtype
 
 
 def quantize(
@@ -173,10 +173,17 @@ def _overridden(
             config = override
             continue
         weights = override.get("weights", config.weights)
-        if "group_size" not in override and weights is not None and not layout_for(weights).grouped:
-            override = {**override, "group_size": None}  # the default group size: not for 8-bit
+        if "group_size" not in override and weights is not None and _own_group_size(weights):
+            override = {**override, "group_size": None}  # 8-bit, or a size the format fixes
         config = replace(config, **override)
     return config
+
+
+def _own_group_size(weights: QType | str) -> bool:
+    """Whether a group size set for other weights means nothing for `weights` (no groups, or
+    a size the format fixes)."""
+    qtype = to_qtype(weights, "weights")
+    return not layout_for(qtype).grouped or qtype.block_size is not None
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -173,7 +173,9 @@ class QModuleMixin:
                 for name, tensor in parts.items()
             }
         shape = current.shape
-        quantized = layout.from_parts(parts, config.weights, config.group_size, shape)
+        quantized = layout.from_parts(
+            parts, config.weights, config.group_size, shape, current.dtype
+        )
         self._store_quantized_weight(quantized)
 
     def __reduce_ex__(self, protocol: int) -> tuple:

@@ -12,12 +12,19 @@ from quanta.qmodules.tensors.layouts import (
     register_layout,
     stored_part_names,
 )
+from quanta.qmodules.tensors.lookup import QDoubleQuantLookupTensor, QLookupTensor
+from quanta.qmodules.tensors.microscaled import QMicroscaledTensor
+from quanta.qmodules.tensors.nvfp4 import QNVFP4Tensor
 
 __all__ = [
     "PartSpec",
     "QActivationTensor",
     "QBitsTensor",
     "QBytesTensor",
+    "QDoubleQuantLookupTensor",
+    "QLookupTensor",
+    "QMicroscaledTensor",
+    "QNVFP4Tensor",
     "QTensor",
     "QWeightTensor",
     "WeightParts",

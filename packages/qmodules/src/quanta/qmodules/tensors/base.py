@@ -108,9 +108,16 @@ class QTensor(torch.Tensor, metaclass=_QTensorMeta):
         """The constant attributes by declared name."""
         return {name: getattr(self, name) for name in self.attribute_names}
 
-    def _rebuild_with(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> QTensor:
+    def _rebuild_with(
+        self, fn: Callable[[str, torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None
+    ) -> QTensor:
+        """A copy with `fn` applied to each inner tensor and, for classes that keep their float
+        dtype as the `float_dtype` attribute, that set to `dtype` when given."""
         inner = {name: fn(name, tensor) for name, tensor in self.inner_tensors().items()}
-        return type(self)(**inner, **self.attributes(), shape=self.shape)
+        attributes = self.attributes()
+        if dtype is not None and "float_dtype" in attributes:
+            attributes["float_dtype"] = dtype
+        return type(self)(**inner, **attributes, shape=self.shape)
 
     def __tensor_flatten__(self) -> tuple[list[str], dict[str, Any]]:
         return list(self.inner_names), self.attributes()
@@ -266,7 +273,7 @@ def _to_copy(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         target = dtype if name in self.float_inner_names else tensor.dtype
         return tensor.to(device=device, dtype=target, non_blocking=non_blocking, copy=True)
 
-    return self._rebuild_with(move)
+    return self._rebuild_with(move, dtype)
 
 
 @QTensor.implements(torch.Tensor.nbytes.__get__)

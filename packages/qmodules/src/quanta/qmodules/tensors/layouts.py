@@ -49,10 +49,18 @@ class QWeightTensor(QTensor):
     layout: ClassVar[str]
     #: whether the layout takes a group size (scales per group of columns)
     grouped: ClassVar[bool] = False
-    #: the name of the weight optimizer whose rule on-the-fly quantization uses
-    default_optimizer: ClassVar[str]
+    #: the group size when none is given and it divides K (None: 128, 64 or 32, see config)
+    default_group_size: ClassVar[int | None] = None
+    #: the name of the weight optimizer whose rule on-the-fly quantization uses; None for
+    #: formats whose own rule is the only one (no optimizer applies)
+    default_optimizer: ClassVar[str | None]
     #: parts stored as codes by the default rule, as floats by some optimizers (HQQ)
     optional_float_names: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def scale_part_names(cls) -> tuple[str, ...]:
+        """The stored parts that hold scales: one NaN or Inf in them makes outputs NaN."""
+        return (*cls.float_inner_names, *cls.optional_float_names)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, qtype: QType, group_size: int | None) -> QWeightTensor:
@@ -75,10 +83,19 @@ class QWeightTensor(QTensor):
 
     @classmethod
     def from_parts(
-        cls, parts: dict[str, torch.Tensor], qtype: QType, group_size: int | None, shape: Any
+        cls,
+        parts: dict[str, torch.Tensor],
+        qtype: QType,
+        group_size: int | None,
+        shape: Any,
+        dtype: torch.dtype = torch.float32,
     ) -> QWeightTensor:
-        """The tensor of stored parts (as `inner_tensors()` gives them) for a weight of `shape`."""
-        settings = {"qtype": qtype, "group_size": group_size}
+        """The tensor of stored parts (as `inner_tensors()` gives them) for a weight of `shape`.
+
+        `dtype` is the weight's float dtype, for layouts whose parts hold no float of it
+        (microscaled formats); the others take it from their scale.
+        """
+        settings = {"qtype": qtype, "group_size": group_size, "float_dtype": dtype}
         return cls(**parts, **{name: settings[name] for name in cls.attribute_names}, shape=shape)
 
     @classmethod
