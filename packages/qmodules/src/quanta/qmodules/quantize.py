@@ -129,8 +129,9 @@ def _keep_tied_weights_together(
             kept_float.append(names)
     if not kept_float:
         return plan
+    groups = "; ".join(", ".join(map(repr, names)) for names in kept_float)
     warnings.warn(
-        f"modules {kept_float} share one weight (tied) but quantize() would quantize only some "
+        f"modules {groups} share one weight (tied) but quantize() would quantize only some "
         "of each group, or with different weight settings: all of them are left float. Choose "
         "all of a group (same weights/group_size/optimizer) to quantize it as one tensor, or "
         "exclude all of it",
