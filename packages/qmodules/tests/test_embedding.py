@@ -93,7 +93,7 @@ def test_embeddings_stay_weight_only_with_activations():
     assert model.embed.qconfig.activations is None
     assert model.hidden.qconfig.activations is not None
     config = to_module_config({"weights": "int8", "activations": "int8"}, "config")
-    with pytest.raises(ValueError, match="'embed'.*weight only"):
+    with pytest.raises(ValueError, match=r"'embed'.*weight only"):
         apply_module_config(nn.Embedding(4, 32), config, "embed")
 
 

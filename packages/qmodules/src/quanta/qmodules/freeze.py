@@ -18,8 +18,9 @@ def freeze(model: nn.Module, *, progress: bool = True) -> nn.Module:
     weight and static activation scale is checked for NaN/Inf, and every module's weight
     optimizer for readiness (GPTQ needs its statistics), before any module is changed; the
     optimizers act here. Modules that share one float weight (tied) and one weight config
-    share one quantized tensor after it, quantized once. `progress` shows a bar over the modules when freezing takes over a
-    second (a weight optimizer such as HQQ or GPTQ on a large model).
+    share one quantized tensor after it, quantized once. `progress` shows a bar over the
+    modules when freezing takes over a second (a weight optimizer such as HQQ or GPTQ on a
+    large model).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

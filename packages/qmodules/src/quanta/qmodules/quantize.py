@@ -88,9 +88,9 @@ def quantize(
             continue
         if exclude is not None and _matches(name, exclude):
             continue
-        if filter_fn is not None and not isinstance(module, QModuleMixin):
-            if not filter_fn(module, name):
-                continue
+        chosen = filter_fn is None or isinstance(module, QModuleMixin) or filter_fn(module, name)
+        if not chosen:
+            continue
         base = quantized_base_for(type(module))
         config = _overridden(defaults, name, overrides)
         if not base.quantizes_weight:
@@ -179,8 +179,8 @@ def _check_matches(model: nn.Module, patterns: dict[str, Any]) -> None:
         if unmatched:
             raise ValueError(
                 f"{argument} pattern {unmatched[0]!r} matches no Linear, Conv1d, Conv2d, "
-                "Embedding or LayerNorm module of the model (fnmatch on qualified names such as 'layers.0.mlp.fc1'; "
-                "'layers.0.*' selects the modules under 'layers.0')"
+                "Embedding or LayerNorm module of the model (fnmatch on qualified names such "
+                "as 'layers.0.mlp.fc1'; 'layers.0.*' selects the modules under 'layers.0')"
             )
 
 

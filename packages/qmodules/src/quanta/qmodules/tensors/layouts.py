@@ -3,8 +3,9 @@
 A layout class owns its stored parts (their names, shapes and dtypes), how a float weight is
 quantized on the fly, how it is built from stored parts or from an optimizer's unpacked codes,
 its dequantization and its linear kernel. Row lookups (`rows`, F.embedding) are derived here
-from `part_specs`: every layout quantizes rows of dimension 0 independently. A qtype names its layout (`QType.layout`); adding a
-format is one layout file that registers itself here, plus its tests.
+from `part_specs`: every layout quantizes rows of dimension 0 independently. A qtype names its
+layout (`QType.layout`); adding a format is one layout file that registers itself here, plus
+its tests.
 """
 
 from __future__ import annotations
