@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from quanta.qmodules import (
+    PartSpec,
+    QBitsTensor,
+    QBytesTensor,
     QEmbedding,
     QLinear,
     QTensor,
@@ -159,3 +162,29 @@ def test_filter_fn_must_be_callable():
     with pytest.raises(TypeError, match="filter_fn"):
         quantize(model, weights="int8", filter_fn="Linear")
     assert type(model[0]) is nn.Linear
+
+
+class _WithTensorScale(QBytesTensor):
+    """A layout with a per-tensor part (as NVFP4's fp32 scale): rows are still read apart."""
+
+    @classmethod
+    def part_specs(cls, qtype, rows, in_size, group_size):
+        return {**super().part_specs(qtype, rows, in_size, group_size), "t": PartSpec((1,), None)}
+
+
+class _WithBlockScales(QBytesTensor):
+    """A layout with a part over blocks of 256 rows' scales (double quantization): rows cannot
+    be read apart, so a lookup dequantizes the whole weight."""
+
+    @classmethod
+    def part_specs(cls, qtype, rows, in_size, group_size):
+        blocks = PartSpec(((rows + 255) // 256,), None)
+        return {**super().part_specs(qtype, rows, in_size, group_size), "s": blocks}
+
+
+def test_row_parts_are_told_from_their_specs():
+    qtype = to_qtype("int8")
+    assert QBytesTensor.row_part_names(qtype, 64, None) == ("codes", "scale")
+    assert QBitsTensor.row_part_names(to_qtype("int4"), 64, 32) == ("codes", "scale", "zero_point")
+    assert _WithTensorScale.row_part_names(qtype, 64, None) == ("codes", "scale")
+    assert _WithBlockScales.row_part_names(qtype, 64, None) is None

@@ -43,6 +43,12 @@ class PartSpec(NamedTuple):
     dtype: torch.dtype | None
 
 
+# Row counts whose part shapes tell per-row parts (dimension 0 = rows) from per-tensor ones; far
+# apart, so that a part over blocks of several rows (scales of scales) differs from both.
+ROW_PROBES = (3, 4096)
+ROW_PROBE_DIMS = tuple((rows,) for rows in ROW_PROBES)
+
+
 class QWeightTensor(QTensor):
     """The base of the weight layouts (see the module docstring); subclasses register with
     `register_layout`."""
@@ -132,10 +138,9 @@ class QWeightTensor(QTensor):
         """The parts stored one entry per weight row (dimension 0 follows the rows); the others
         must not depend on the rows (a per-tensor scale). None where a part depends on the rows
         otherwise (scales of scales over several rows): rows cannot then be read apart."""
-        one = cls.part_specs(qtype, 1, in_size, group_size)
-        two = cls.part_specs(qtype, 2, in_size, group_size)
-        per_row = tuple(n for n in one if (one[n].shape[:1], two[n].shape[:1]) == ((1,), (2,)))
-        shared = all(one[n].shape == two[n].shape for n in one if n not in per_row)
+        few, many = (cls.part_specs(qtype, rows, in_size, group_size) for rows in ROW_PROBES)
+        per_row = tuple(n for n in few if (few[n].shape[:1], many[n].shape[:1]) == ROW_PROBE_DIMS)
+        shared = all(few[n].shape == many[n].shape for n in few if n not in per_row)
         return per_row if shared else None
 
     def rows(self, indices: torch.Tensor) -> QWeightTensor | None:
