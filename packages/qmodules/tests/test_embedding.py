@@ -115,6 +115,10 @@ def test_tied_embedding_and_head_share_one_quantized_weight(weights):
     assert type(model.embed) is QEmbedding and type(model.lm_head) is QLinear
     assert isinstance(model.embed.weight, QTensor)
     assert model.embed.stored_weight is model.lm_head.stored_weight
+    one_by_one = quantize(TinyLM(), weights=weights)
+    freeze(one_by_one.embed)
+    freeze(one_by_one.lm_head)  # frozen apart, still one tensor
+    assert one_by_one.embed.stored_weight is one_by_one.lm_head.stored_weight
     fresh = quantize(TinyLM(), weights=weights)
     fresh.load_state_dict(model.state_dict())
     ids = torch.tensor([[1, 5, 63]])

@@ -17,10 +17,8 @@ def freeze(model: nn.Module, *, progress: bool = True) -> nn.Module:
     Accepts any module (a whole model or a single quantized module) and returns it. Every
     weight and static activation scale is checked for NaN/Inf, and every module's weight
     optimizer for readiness (GPTQ needs its statistics), before any module is changed; the
-    optimizers act here. Modules that share one float weight (tied) and one weight config
-    share one quantized tensor after it, quantized once. `progress` shows a bar over the
-    modules when freezing takes over a second (a weight optimizer such as HQQ or GPTQ on a
-    large model).
+    optimizers act here. `progress` shows a bar over the modules when freezing takes over a
+    second (a weight optimizer such as HQQ or GPTQ on a large model).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -43,15 +41,8 @@ def freeze(model: nn.Module, *, progress: bool = True) -> nn.Module:
         optimizer = to_weight_optimizer(module.qconfig.optimizer)
         if optimizer is not None:
             optimizer.check_ready(module, name or type(module).__name__)
-    first: dict[tuple, QModuleMixin] = {}  # (weight id, weight settings) -> the module frozen
     for _, module in progress_bar(pending, desc="freeze", unit="module", progress=progress):
-        config = module.qconfig
-        tied = (id(module.stored_weight), config.weights, config.group_size, config.optimizer_name)
-        if tied in first:
-            module.share_quantized_weight(first[tied])
-            continue
         module.freeze_weight()
-        first[tied] = module
     return model
 
 

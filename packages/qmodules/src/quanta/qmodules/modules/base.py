@@ -21,6 +21,9 @@ from quanta.qmodules.tensors import QTensor, QWeightTensor, layout_for
 from quanta.qmodules.tensors.straight_through import straight_through_quantize
 
 WEIGHT = "weight"
+# Set on a float weight Parameter once a module froze it: (weight settings, quantized Parameter),
+# so that a module tied to the same Parameter stores the same quantized tensor when it freezes.
+FROZEN_AS = "_quanta_frozen_as"
 
 
 class QModuleMixin:
@@ -102,24 +105,25 @@ class QModuleMixin:
         return math.prod(self.quantized_shape[1:])
 
     def freeze_weight(self) -> None:
-        """Replace the float weight with its stored quantized tensor (idempotent)."""
+        """Replace the float weight with its stored quantized tensor (idempotent); a module
+        whose float weight a tied module froze with the same settings stores that one."""
         config = self.qconfig
         if self.is_frozen or config.weights is None or self.stored_weight is None:
             return
+        float_weight = self.stored_weight
+        settings = (config.weights, config.group_size, config.optimizer_name)
+        tied = getattr(float_weight, FROZEN_AS, None)
+        if tied is not None and tied[0] == settings:  # tied weights stay one tensor
+            self._store_quantized_weight(tied[1])
+            return
         optimizer = to_weight_optimizer(config.optimizer)
-        weight = self.weight_matrix(self.stored_weight.detach())
+        weight = self.weight_matrix(float_weight.detach())
         if optimizer is None:
             quantized = self._quantize_float_weight(weight)
         else:
             quantized = optimized_weight(weight, config.weights, config.group_size, optimizer, self)
         self._store_quantized_weight(quantized)
-
-    def share_quantized_weight(self, other: QModuleMixin) -> None:
-        """Store the quantized weight of `other` (frozen, same weight settings) as this module's
-        own: tied weights stay one tensor after freeze."""
-        if not other.is_frozen or other.quantized_shape != self.quantized_shape:
-            raise ValueError("share_quantized_weight needs a frozen module of the same weight")
-        self._store_quantized_weight(other.stored_weight)
+        setattr(float_weight, FROZEN_AS, (settings, self.stored_weight))
 
     def load_float_weight(self, weight: torch.Tensor) -> None:
         """Quantize-on-load: take the float `weight` of this module and freeze it at once."""
