@@ -138,3 +138,11 @@ def test_deepcopy_of_a_frozen_gpt2(token_ids):
     copied = copy.deepcopy(model)
     assert copied.transformer.wte.stored_weight is copied.lm_head.stored_weight
     assert torch.equal(_logits(copied, token_ids), _logits(model, token_ids))
+
+
+def test_weight_memory_before_freeze_is_what_freeze_stores():
+    from quanta.qmodules import weight_memory
+
+    model = quantize(_gpt2(), weights="int8")  # one scale per output feature: 192, not 64
+    before = weight_memory(model)
+    assert weight_memory(freeze(model)) == before
