@@ -94,11 +94,13 @@ def quantized_copy(
     """A deep copy of `model` with quantized, frozen weights; `model` itself is left as is.
     `group_size` applies to 2/4-bit weights (the others have one scale per output channel).
 
-    Each Linear / Conv2d is frozen on its own, so the progress bar moves while a large model
-    is being quantized.
+    Each Linear / Conv1d / Conv2d / Embedding is frozen on its own, so the progress bar moves
+    while a large model is being quantized.
     """
     layer_names = [
-        name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding))
     ]
     qmodel = copy.deepcopy(model)
     with tqdm(

@@ -65,11 +65,13 @@ def test_fnmatch_patterns_keep_working(tiny_llama_dir):
 
 
 def test_a_model_with_nothing_to_quantize_says_so(tmp_path):
-    """GPT-2's blocks are Transformers Conv1D modules, its only Linear is the tied lm_head."""
+    """GPT-2 with its whole `transformer` excluded: its only Linear is the tied lm_head, which
+    Transformers' default leaves float."""
     config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    quanta_config = QuantaConfig(weights="int4", modules_to_not_convert=["transformer"])
     with pytest.warns(UserWarning, match=r"quantized no module of GPT2LMHeadModel.*Conv1D"):
-        model = _load(tmp_path, quantization_config=QuantaConfig(weights="int4"))
+        model = _load(tmp_path, quantization_config=quanta_config)
     assert not any(isinstance(m, QModuleMixin) for m in model.modules())
 
 

@@ -7,6 +7,7 @@ the namespace. Re-exports are lazy (PEP 562), so `import quanta.qtypes` loads no
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
@@ -29,7 +30,9 @@ _EXPORTS = {
     "quantize": "quanta.qmodules",
     "freeze": "quanta.qmodules",
     "QLinear": "quanta.qmodules",
+    "QConv1d": "quanta.qmodules",
     "QConv2d": "quanta.qmodules",
+    "QEmbedding": "quanta.qmodules",
     "QTensor": "quanta.qmodules",
     "weight_memory": "quanta.qmodules",
     "Calibration": "quanta.qcalib",
@@ -43,7 +46,16 @@ if TYPE_CHECKING:
     from quanta.qcalib import Calibration
     from quanta.qintegrations.transformers import QuantaConfig
     from quanta.qio import load, save
-    from quanta.qmodules import QConv2d, QLinear, QTensor, freeze, quantize, weight_memory
+    from quanta.qmodules import (
+        QConv1d,
+        QConv2d,
+        QEmbedding,
+        QLinear,
+        QTensor,
+        freeze,
+        quantize,
+        weight_memory,
+    )
     from quanta.qtypes import (
         QType,
         qfloat8,
@@ -65,9 +77,17 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'quanta' has no attribute {name!r}")
+    _add_integrations()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def _add_integrations() -> None:
+    """Import quanta.qintegrations where installed (light: no torch, no transformers), so that
+    quanta.quantize also handles Transformers' Conv1D once Transformers is imported."""
+    if importlib.util.find_spec("quanta.qintegrations") is not None:
+        importlib.import_module("quanta.qintegrations")
 
 
 def __dir__() -> list[str]:

@@ -18,3 +18,8 @@ when_imported(
     "diffusers.quantizers.auto",
     lambda: importlib.import_module("quanta.qintegrations.diffusers"),
 )
+# Transformers' Conv1D (GPT-2) is quantized by quanta.quantize once its module is imported.
+when_imported(
+    "transformers.pytorch_utils",
+    lambda: importlib.import_module("quanta.qintegrations.conv1d"),
+)

@@ -31,7 +31,7 @@ QUANT_METHOD = "quanta"
 # Optimizers that need statistics gathered before freeze cannot run while the weights load.
 LOAD_TIME_UNSUPPORTED_OPTIMIZERS = ("gptq",)
 # The module types quanta.quantize swaps (and their subclasses), as the messages name them.
-QUANTIZED_MODULE_TYPES = "Linear, Conv2d or LayerNorm"
+QUANTIZED_MODULE_TYPES = "Linear, Conv1d, Conv2d, Embedding, Conv1D or LayerNorm"
 # The arguments of QuantaSettings, in order: what config.json holds besides quant_method.
 FIELDS = (
     "weights",

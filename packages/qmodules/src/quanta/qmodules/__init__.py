@@ -5,7 +5,9 @@ from quanta.qmodules.freeze import freeze
 from quanta.qmodules.memory import WeightMemory, quantized_weight_bytes, weight_memory
 from quanta.qmodules.modules import (
     QActivationMixin,
+    QConv1d,
     QConv2d,
+    QEmbedding,
     QLayerNorm,
     QLinear,
     QModuleMixin,
@@ -14,6 +16,7 @@ from quanta.qmodules.modules import (
     hadamard_block_size,
     observe_activations,
     quantized_base_for,
+    register_quantized_class,
 )
 from quanta.qmodules.optimizers import (
     AbsmaxOptimizer,
@@ -54,8 +57,10 @@ __all__ = [
     "QActivationTensor",
     "QBitsTensor",
     "QBytesTensor",
+    "QConv1d",
     "QConv2d",
     "QDoubleQuantLookupTensor",
+    "QEmbedding",
     "QLayerNorm",
     "QLinear",
     "QLookupTensor",
@@ -78,6 +83,7 @@ __all__ = [
     "quantized_base_for",
     "quantized_weight_bytes",
     "register_layout",
+    "register_quantized_class",
     "register_weight_optimizer",
     "stored_part_names",
     "to_module_config",

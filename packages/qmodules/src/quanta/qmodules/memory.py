@@ -41,6 +41,7 @@ def quantized_weight_bytes(module: nn.Module) -> int | None:
     if isinstance(weight, QTensor):
         return weight.nbytes
     config = module.qconfig
+    shape = module.quantized_shape  # Conv1D: the [out, in] matrix it quantizes
     return layout_for(config.weights).stored_bytes(
-        config.weights, weight.shape, config.group_size, weight.dtype, config.float_zero_point
+        config.weights, shape, config.group_size, weight.dtype, config.float_zero_point
     )

@@ -1,8 +1,11 @@
-"""quantize(): swap Linear/Conv2d modules (and their subclasses) for quantized ones in place."""
+"""quantize(): swap Linear, Conv1d, Conv2d and Embedding modules (and their subclasses, and any
+class registered with `register_quantized_class`) for quantized ones in place."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -27,11 +30,16 @@ def quantize(
     overrides: dict[str, ModuleConfig | dict[str, Any]] | None = None,
     optimizer: WeightOptimizer | str | None = None,
     activations_mode: str = "static",
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> nn.Module:
-    """Quantize the weights of `model`'s Linear and Conv2d modules in place; returns `model`.
+    """Quantize the weights of `model`'s Linear, Conv1d, Conv2d and Embedding modules in place
+    (and Transformers' Conv1D where quanta.qintegrations is installed); returns `model`.
 
     The arguments make one ModuleConfig (see its fields) applied to every module chosen by fnmatch
-    patterns on whole qualified names (`exclude` wins over `include`): "layers.0.*" selects the
+    patterns on whole qualified names and by `filter_fn`: a module is quantized when it matches
+    `include` (if given), matches no `exclude` pattern and `filter_fn(module, name)` (if given,
+    as torchao's `quantize_`) returns True; filter_fn sees only the modules quantize() handles,
+    still float. "layers.0.*" selects the
     modules under "layers.0", "fc1" only a top-level "fc1" ("*.fc1" every one). This is not
     Transformers' `modules_to_not_convert` convention (a name matching whole dot-separated parts
     anywhere), which QuantaConfig and the CLI's `--exclude` follow. `overrides` maps a pattern to a
@@ -48,8 +56,14 @@ def quantize(
     chooses the stored weights at freeze; one that does not support a module's qtype is a
     ValueError. Every argument is validated before the model is touched.
 
+    Modules that share one weight Parameter (tied embeddings: `embed_tokens` and `lm_head`) are
+    quantized together as one tensor (one quantized weight after freeze, saved once) when all of
+    them are chosen with the same weight settings; otherwise all of them stay float, with a
+    warning naming them (never one quantized and its twin float).
+
     `activations` (an 8-bit qtype: qint8, qfloat8_e4m3fn, qfloat8_e5m2) also quantizes the inputs
-    and outputs of the quantized modules and the outputs of LayerNorms (QLayerNorm).
+    and outputs of the quantized modules and the outputs of LayerNorms (QLayerNorm); embeddings
+    (QEmbedding) stay weight-only.
     `activations_mode="static"` uses per-tensor scales held in the buffers `input_scale` /
     `output_scale` (1.0 until `quanta.qcalib.Calibration` sets them); `"dynamic"` computes one
     scale per token at every call (no calibration, outputs stay float).
@@ -62,6 +76,10 @@ def quantize(
     include = _check_patterns(include, "include")
     exclude = _check_patterns(exclude, "exclude")
     overrides = _check_overrides(overrides)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(
+            f"filter_fn must be None or a callable (module, name) -> bool, got {filter_fn!r}"
+        )
     _check_matches(model, {"include": include, "exclude": exclude, "overrides": overrides})
 
     plan = []
@@ -70,10 +88,15 @@ def quantize(
             continue
         if exclude is not None and _matches(name, exclude):
             continue
+        chosen = filter_fn is None or isinstance(module, QModuleMixin) or filter_fn(module, name)
+        if not chosen:
+            continue
         base = quantized_base_for(type(module))
         config = _overridden(defaults, name, overrides)
         if not base.quantizes_weight:
             config = replace(config, weights=None)  # QLayerNorm: only its output is quantized
+        if not base.quantizes_activations:
+            config = replace(config, activations=None)  # QEmbedding: a lookup, weight-only
         if (config.weights if base.quantizes_weight else config.activations) is None:
             config = None  # a module whose weight stays float stays float as a whole
         else:
@@ -83,14 +106,60 @@ def quantize(
         elif config is not None:
             plan.append((name, module, config))
 
-    for name, module, config in plan:
+    for name, module, config in _keep_tied_weights_together(model, plan):
         apply_module_config(module, config, name)
     return model
 
 
+def _keep_tied_weights_together(
+    model: nn.Module, plan: list[tuple[str, nn.Module, ModuleConfig]]
+) -> list[tuple[str, nn.Module, ModuleConfig]]:
+    """The plan without the modules whose weight is tied to a module quantized otherwise (or
+    not at all): a tied group is quantized whole with one weight setting, or kept float whole."""
+    owners = defaultdict(list)  # weight Parameter id -> the candidate modules holding it
+    for name, module in _candidates(model):
+        weight = _weight_of(module)
+        if weight is not None:
+            owners[id(weight)].append(name)
+    planned = {name: _weight_settings(config) for name, _, config in plan}
+    kept_float: list[list[str]] = []
+    for names in owners.values():
+        settings = {planned.get(name) for name in names}
+        if len(names) > 1 and len(settings) > 1:
+            kept_float.append(names)
+    if not kept_float:
+        return plan
+    groups = "; ".join(", ".join(map(repr, names)) for names in kept_float)
+    warnings.warn(
+        f"modules {groups} share one weight (tied) but quantize() would quantize only some "
+        "of each group, or with different weight settings: all of them are left float. Choose "
+        "all of a group (same weights/group_size/optimizer) to quantize it as one tensor, or "
+        "exclude all of it",
+        stacklevel=3,
+    )
+    dropped = {name for names in kept_float for name in names}
+    return [entry for entry in plan if entry[0] not in dropped]
+
+
+def _weight_settings(config: ModuleConfig) -> tuple | None:
+    """What tied modules must share to share one quantized weight (None: weight left float)."""
+    if config.weights is None:
+        return None
+    return (config.weights.name, config.group_size, config.optimizer_name)
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor | None:
+    """The module's weight as stored (float, or quantized once frozen), or None."""
+    if isinstance(module, QModuleMixin):
+        return module.stored_weight
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
 def unmatched_patterns(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """The fnmatch patterns that match the qualified name of no module quantize() handles
-    (a Linear, Conv2d or LayerNorm, or a subclass, float or already quantized)."""
+    (a Linear, Conv1d, Conv2d, Embedding or LayerNorm, or a subclass, float or already
+    quantized)."""
     names = [name for name, _ in _candidates(model)]
     return [pattern for pattern in patterns if not any(fnmatchcase(n, pattern) for n in names)]
 
@@ -109,9 +178,9 @@ def _check_matches(model: nn.Module, patterns: dict[str, Any]) -> None:
         unmatched = unmatched_patterns(model, list(given or ()))
         if unmatched:
             raise ValueError(
-                f"{argument} pattern {unmatched[0]!r} matches no Linear, Conv2d or LayerNorm "
-                "module of the model (fnmatch on qualified names such as 'layers.0.mlp.fc1'; "
-                "'layers.0.*' selects the modules under 'layers.0')"
+                f"{argument} pattern {unmatched[0]!r} matches no Linear, Conv1d, Conv2d, "
+                "Embedding or LayerNorm module of the model (fnmatch on qualified names such "
+                "as 'layers.0.mlp.fc1'; 'layers.0.*' selects the modules under 'layers.0')"
             )
 
 
@@ -191,11 +260,10 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _in_size(module: nn.Module) -> int:
-    """K of the module's weight (0 without one), float or already quantized."""
-    if isinstance(module, QModuleMixin):
-        weight = module.stored_weight
-    else:
-        weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or not weight.shape[0]:
+    """K of the module's weight as quantized (0 without one), float or already quantized."""
+    weight = _weight_of(module)
+    if weight is None or not weight.shape[0]:
         return 0  # a LayerNorm without affine weights
+    if not isinstance(module, QModuleMixin):  # Conv1D: rows are its output features
+        weight = quantized_base_for(type(module)).weight_matrix(weight)
     return weight.numel() // weight.shape[0]

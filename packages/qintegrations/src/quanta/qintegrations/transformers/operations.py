@@ -112,7 +112,7 @@ class DeserializeWeight(ConversionOps):
 def _check_shape_sentinel(sentinel: torch.Tensor | None, module: nn.Module, key: str) -> None:
     if sentinel is None:
         return
-    expected = tuple(module.stored_weight.shape)
+    expected = tuple(module.quantized_shape)  # Conv1D: the [out, in] matrix it quantizes
     if sentinel.dtype != SHAPE_SENTINEL_DTYPE or tuple(sentinel.tolist()) != expected:
         raise ValueError(
             f"{key}: the checkpoint's weight has shape {sentinel.tolist()}, the model {expected}"

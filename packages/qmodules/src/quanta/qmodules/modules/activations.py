@@ -199,6 +199,7 @@ class QActivationMixin:
         """Divide the input by `factors` [in_features] at run time and multiply the float
         weight's columns by them (SmoothQuant); the product is unchanged. Before freeze only."""
         weight = self.float_weight
+        weight = None if weight is None else self.weight_matrix(weight)  # a view: edits it
         if weight is None or weight.dim() != 2 or factors.shape != (weight.shape[1],):
             raise ValueError(
                 "smooth_input needs a not yet frozen Linear weight [out, in] and factors [in]"
@@ -217,6 +218,7 @@ class QActivationMixin:
         weight's rows alike (see modules/rotation.py); the product is unchanged. Before freeze
         only, after any smoothing; `block_size` is a power of two dividing in_features."""
         weight = self.float_weight
+        weight = None if weight is None else self.weight_matrix(weight)  # a view: edits it
         if weight is None or weight.dim() != 2:
             raise ValueError("rotate_input needs a not yet frozen Linear weight [out, in]")
         if self._buffers.get(INPUT_ROTATION) is not None:
@@ -341,12 +343,18 @@ def apply_module_config(module: nn.Module, config: ModuleConfig, name: str = "")
     if config.weights is not None:
         if weight is None or not quantized_class.quantizes_weight:
             raise ValueError(f"module {name!r} has no weight that quanta quantizes")
-        columns = weight[0].numel()
+        columns = quantized_class.weight_matrix(weight)[0].numel()
         if config.group_size is not None and columns % config.group_size:
             raise ValueError(
                 f"group_size {config.group_size} does not fit its weight {tuple(weight.shape)}"
             )
+    if config.activations is not None and not quantized_class.quantizes_activations:
+        raise ValueError(
+            f"module {name!r} ({type(module).__name__}) quantizes its weight only: apply a "
+            "config without activations"
+        )
     transforms = config.input_smoothing or config.input_rotation is not None
+    weight = None if weight is None else quantized_class.weight_matrix(weight)
     if transforms and (weight is None or weight.dim() != 2):
         raise ValueError(f"module {name!r}: input smoothing and rotation need a Linear weight")
     if transforms:

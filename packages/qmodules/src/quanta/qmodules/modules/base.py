@@ -1,7 +1,9 @@
-"""QModuleMixin: what turns a float Linear/Conv2d (or a subclass of one) into a quantized one.
+"""QModuleMixin: what turns a float module of a registered class (Linear, Conv1d, Conv2d,
+Embedding, ..., or a subclass of one) into a quantized one.
 
 A quantized module keeps its float class's `forward`: the mixin only changes what
-`self.weight` returns (a QTensor), and the QTensor routes F.linear / F.conv2d to the ops.
+`self.weight` returns (a QTensor), and the QTensor routes F.linear / F.conv2d / F.embedding to
+its layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from quanta.qmodules.tensors import QTensor, QWeightTensor, layout_for
 from quanta.qmodules.tensors.straight_through import straight_through_quantize
 
 WEIGHT = "weight"
+# Set on a float weight Parameter once a module froze it: (weight settings, quantized Parameter),
+# so that a module tied to the same Parameter stores the same quantized tensor when it freezes.
+FROZEN_AS = "_quanta_frozen_as"
 
 
 class QModuleMixin:
@@ -34,6 +39,8 @@ class QModuleMixin:
     float_class: ClassVar[type[nn.Module]]
     #: False for quantized classes whose weight stays float (QLayerNorm)
     quantizes_weight: ClassVar[bool] = True
+    #: False for quantized classes whose activations stay float (QEmbedding: a lookup)
+    quantizes_activations: ClassVar[bool] = True
     #: a module built directly (QLinear(...)) is float until a config is applied
     qconfig: ModuleConfig = ModuleConfig()
 
@@ -53,7 +60,8 @@ class QModuleMixin:
             return weight
         try:
             # straight-through when autograd wants a gradient: it reaches the float weight
-            return straight_through_quantize(weight, self._quantize_float_weight)
+            matrix = self.weight_matrix(weight)
+            return straight_through_quantize(matrix, self._quantize_float_weight)
         except AttributeError as error:
             # an AttributeError escaping a property would silently fall back to the float weight
             raise RuntimeError(f"quantizing the weight failed: {error}") from error
@@ -61,6 +69,18 @@ class QModuleMixin:
     def _quantize_float_weight(self, weight: torch.Tensor) -> QWeightTensor:
         config = self.qconfig
         return layout_for(config.weights).quantize(weight, config.weights, config.group_size)
+
+    @staticmethod
+    def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+        """The float weight as the layouts quantize it, output features along dimension 0 (a
+        view; Transformers' Conv1D, which stores [in, out], transposes it)."""
+        return weight
+
+    @property
+    def quantized_shape(self) -> torch.Size:
+        """The shape of the quantized weight (output features first), before or after freeze."""
+        weight = self.stored_weight
+        return weight.shape if isinstance(weight, QTensor) else self.weight_matrix(weight).shape
 
     @property
     def stored_weight(self) -> torch.Tensor | None:
@@ -82,20 +102,28 @@ class QModuleMixin:
     @property
     def in_size(self) -> int:
         """K: the columns of the 2D weight (in_features, or in_channels/groups*kh*kw)."""
-        return math.prod(self.stored_weight.shape[1:])
+        return math.prod(self.quantized_shape[1:])
 
     def freeze_weight(self) -> None:
-        """Replace the float weight with its stored quantized tensor (idempotent)."""
+        """Replace the float weight with its stored quantized tensor (idempotent); a module
+        whose float weight a tied module froze with the same settings stores that one."""
         config = self.qconfig
         if self.is_frozen or config.weights is None or self.stored_weight is None:
             return
+        float_weight = self.stored_weight
+        settings = (config.weights, config.group_size, config.optimizer_name)
+        tied = getattr(float_weight, FROZEN_AS, None)
+        if tied is not None and tied[0] == settings:  # tied weights stay one tensor
+            self._store_quantized_weight(tied[1])
+            return
         optimizer = to_weight_optimizer(config.optimizer)
-        weight = self.stored_weight.detach()
+        weight = self.weight_matrix(float_weight.detach())
         if optimizer is None:
             quantized = self._quantize_float_weight(weight)
         else:
             quantized = optimized_weight(weight, config.weights, config.group_size, optimizer, self)
         self._store_quantized_weight(quantized)
+        setattr(float_weight, FROZEN_AS, (settings, self.stored_weight))
 
     def load_float_weight(self, weight: torch.Tensor) -> None:
         """Quantize-on-load: take the float `weight` of this module and freeze it at once."""
@@ -110,7 +138,9 @@ class QModuleMixin:
         self.freeze_weight()
 
     def _store_quantized_weight(self, quantized: QWeightTensor) -> None:
-        self._parameters[WEIGHT] = nn.Parameter(quantized, requires_grad=False)
+        if not isinstance(quantized, nn.Parameter):
+            quantized = nn.Parameter(quantized, requires_grad=False)
+        self._parameters[WEIGHT] = quantized
         parts = quantized.inner_tensors()
         float_zero_point = any(parts[n].is_floating_point() for n in quantized.optional_float_names)
         self.qconfig = replace(self.qconfig, float_zero_point=float_zero_point)
@@ -156,8 +186,8 @@ class QModuleMixin:
             missing_keys.extend(absent)
             return
         parts = {name: state_dict[key] for name, key in zip(layout.inner_names, keys, strict=True)}
-        current = self.stored_weight
-        rows = current.shape[0]
+        current, shape = self.stored_weight, self.quantized_shape
+        rows = shape[0]
         problem = layout.check_parts(parts, config.weights, rows, self.in_size, config.group_size)
         if problem:
             error_msgs.append(f"While loading the quantized weight of {prefix!r}: {problem}")
@@ -172,7 +202,6 @@ class QModuleMixin:
                 )
                 for name, tensor in parts.items()
             }
-        shape = current.shape
         quantized = layout.from_parts(
             parts, config.weights, config.group_size, shape, current.dtype
         )
@@ -209,7 +238,8 @@ def register_quantized_class(float_class: type[nn.Module]):
 
 
 def quantized_base_for(float_class: type) -> type[QModuleMixin] | None:
-    """The registered quantized class (QLinear, QConv2d) whose float class `float_class` is."""
+    """The registered quantized class (QLinear, QConv2d, ...) whose float class `float_class`
+    is (or derives from), or None."""
     for klass in float_class.__mro__:
         if klass in _BASE_CLASSES:
             return _BASE_CLASSES[klass]
@@ -217,7 +247,7 @@ def quantized_base_for(float_class: type) -> type[QModuleMixin] | None:
 
 
 def quantized_class_for(float_class: type[nn.Module]) -> type[QModuleMixin]:
-    """The quantized class for a float class: (QLinear or QConv2d, float class), cached.
+    """The quantized class for a float class: (its registered base, float class), cached.
 
     The float class comes after the mixin in the MRO, so its own `forward` and helpers
     (padding, `_conv_forward`, ...) are kept; only `weight` changes.

@@ -2,8 +2,10 @@
 
 A layout class owns its stored parts (their names, shapes and dtypes), how a float weight is
 quantized on the fly, how it is built from stored parts or from an optimizer's unpacked codes,
-its dequantization and its linear kernel. A qtype names its layout (`QType.layout`); adding a
-format is one layout file that registers itself here, plus its tests.
+its dequantization and its linear kernel. Row lookups (`rows`, F.embedding) are derived here
+from `part_specs`: every layout quantizes rows of dimension 0 independently. A qtype names its
+layout (`QType.layout`); adding a format is one layout file that registers itself here, plus
+its tests.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class PartSpec(NamedTuple):
 
     shape: tuple[int, ...]
     dtype: torch.dtype | None
+
+
+# Row counts whose part shapes tell per-row parts (dimension 0 = rows) from per-tensor ones; far
+# apart, so that a part over blocks of several rows (scales of scales) differs from both.
+ROW_PROBES = (3, 4096)
+ROW_PROBE_DIMS = tuple((rows,) for rows in ROW_PROBES)
 
 
 class QWeightTensor(QTensor):
@@ -140,6 +148,31 @@ class QWeightTensor(QTensor):
         """The parts as an optimizer returns them (codes unpacked)."""
         raise NotImplementedError
 
+    @classmethod
+    def row_part_names(
+        cls, qtype: QType, in_size: int, group_size: int | None
+    ) -> tuple[str, ...] | None:
+        """The parts stored one entry per weight row (dimension 0 follows the rows); the others
+        must not depend on the rows (a per-tensor scale). None where a part depends on the rows
+        otherwise (scales of scales over several rows): rows cannot then be read apart."""
+        few, many = (cls.part_specs(qtype, rows, in_size, group_size) for rows in ROW_PROBES)
+        per_row = tuple(n for n in few if (few[n].shape[:1], many[n].shape[:1]) == ROW_PROBE_DIMS)
+        shared = all(few[n].shape == many[n].shape for n in few if n not in per_row)
+        return per_row if shared else None
+
+    def rows(self, indices: torch.Tensor) -> QWeightTensor | None:
+        """The weight rows `indices` (1D integers) as a tensor of this layout, built from those
+        rows of the per-row parts only; None where the layout cannot read rows apart."""
+        attributes = self.attributes()
+        per_row = self.row_part_names(self.qtype, self.in_size, attributes.get("group_size"))
+        if per_row is None:
+            return None
+        parts = {
+            name: tensor.index_select(0, indices) if name in per_row else tensor
+            for name, tensor in self.inner_tensors().items()
+        }
+        return type(self)(**parts, **attributes, shape=(indices.numel(), *self.shape[1:]))
+
     @property
     def in_size(self) -> int:
         """K: the number of columns of the 2D code matrix."""
@@ -159,6 +192,36 @@ def _linear(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     if not isinstance(weight, QWeightTensor) or isinstance(input, QTensor) or weight.dim() != 2:
         return dequantized_call(func, args, kwargs)
     return weight.linear(input, bias)
+
+
+@QWeightTensor.implements(F.embedding)
+def _embedding(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """A lookup dequantizes only the rows it reads (the result equals dequantize()[input])."""
+    input, weight, max_norm = _embedding_arguments(*args, **kwargs)
+    if needs_weight_grad(weight):
+        # QAT: autograd records aten.embedding on the QTensor (dequantized below autograd), so
+        # the weight gradient reaches the float weight straight through
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+    # max_norm renormalizes the rows it reads in place: on a dequantized copy
+    plain = isinstance(weight, QWeightTensor) and weight.dim() == 2 and max_norm is None
+    rows = weight.rows(input.reshape(-1)) if plain else None
+    if rows is None:
+        return dequantized_call(func, args, kwargs)
+    return rows.dequantize().reshape(*input.shape, weight.shape[1])
+
+
+def _embedding_arguments(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """F.embedding's input, weight and max_norm, however they were passed (padding_idx and
+    the other arguments only change gradients)."""
+    return input, weight, max_norm
 
 
 def _autocast(
