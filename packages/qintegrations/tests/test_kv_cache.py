@@ -37,7 +37,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
-    return torch.randint(0, 256, (2, PROMPT + NEW_TOKENS), generator=torch.Generator().manual_seed(1))
+    return torch.randint(
+        0, 256, (2, PROMPT + NEW_TOKENS), generator=torch.Generator().manual_seed(1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,10 @@ def float_logits(model, tokens) -> torch.Tensor:
 @torch.inference_mode()
 def chunked_logits(model, tokens, cache) -> torch.Tensor:
     """Logits of `tokens` fed CHUNK at a time through `cache` (teacher forcing)."""
-    steps = [model(tokens[:, i : i + CHUNK], cache=cache).logits for i in range(0, tokens.shape[1], CHUNK)]
+    steps = [
+        model(tokens[:, i : i + CHUNK], cache=cache).logits
+        for i in range(0, tokens.shape[1], CHUNK)
+    ]
     return torch.cat(steps, dim=1)
 
 
@@ -149,6 +154,7 @@ def test_bad_configs_are_refused(model):
         intermediate_size=128, vocab_size=256, use_sliding_window=True, sliding_window=8,
         max_window_layers=1,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"all full attention; Qwen2Config also has \['sliding_attention'\]"):
+    with pytest.raises(
+        ValueError, match=r"all full attention; Qwen2Config also has \['sliding_attention'\]"
+    ):
         QuantizedKVCache(sliding)
-

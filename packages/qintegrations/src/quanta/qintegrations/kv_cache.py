@@ -150,7 +150,9 @@ class QuantizedKVLayer(DynamicLayer):
         self._reset_quantized()
 
     def _reset_quantized(self) -> None:
-        self.quantized_keys = QuantizedStates(self.qtype, TokenGrouping(self.key_axis, self.group_size))
+        self.quantized_keys = QuantizedStates(
+            self.qtype, TokenGrouping(self.key_axis, self.group_size)
+        )
         self.quantized_values = QuantizedStates(
             self.qtype, TokenGrouping(self.value_axis, self.group_size)
         )
@@ -275,7 +277,8 @@ def checked_text_config(config: object) -> PreTrainedConfig:
     """The decoder config of `config`, refused unless every layer is full attention."""
     if not isinstance(config, PreTrainedConfig):
         raise TypeError(
-            f"config must be a transformers PreTrainedConfig (model.config), got {type(config).__name__}"
+            "config must be a transformers PreTrainedConfig (model.config), "
+            f"got {type(config).__name__}"
         )
     text_config = config.get_text_config(decoder=True)
     layer_types, _ = get_layer_types_and_kwargs(text_config)
