@@ -39,11 +39,13 @@ _EXPORTS = {
     "save": "quanta.qio",
     "load": "quanta.qio",
     "QuantaConfig": "quanta.qintegrations.transformers",
+    "QuantizedKVCache": "quanta.qintegrations.kv_cache",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from quanta.qcalib import Calibration
+    from quanta.qintegrations.kv_cache import QuantizedKVCache
     from quanta.qintegrations.transformers import QuantaConfig
     from quanta.qio import load, save
     from quanta.qmodules import (
