@@ -9,7 +9,8 @@ only the rounding differs between rows. Rules compared, per group of `group_size
 - search: quanta's integer zero point, the range shrunk by the factor in SHRINK_FACTORS
   giving each group the least squared error.
 
-Run: python -m bench.int4_rounding  (SmolLM2 perplexity, MiniLM cosine, weight errors).
+Run: python -m bench.int4_rounding random,minilm,smollm2 [tokens]  (weight errors, MiniLM
+cosine, SmolLM2 perplexity on the first `tokens` Lee tokens, 8192 by default).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def quanta_rule(x: torch.Tensor, g: int) -> torch.Tensor:
 
 
 def quanto_rule(x: torch.Tensor, g: int, zeropoint: bool = False) -> torch.Tensor:
-    from optimum.quanto import MaxOptimizer, qint4 as quanto_qint4
+    from optimum.quanto import MaxOptimizer
+    from optimum.quanto import qint4 as quanto_qint4
     from optimum.quanto.tensor.weights.qbits import WeightQBitsTensor
 
     scale, shift = MaxOptimizer()(x, quanto_qint4, axis=0, group_size=g, zeropoint=zeropoint)
@@ -110,22 +112,23 @@ def weight_error(model: nn.Module, rule, group_size: int) -> float:
     return error / total
 
 
-def main() -> None:
+def main(parts: list[str], tokens: int) -> None:
+    """`parts`: any of random, minilm, minilm128 (group 128 only), smollm2."""
     from demo import data, models
     from quanta.qintegrations import metrics
 
     torch.manual_seed(0)
     random_model = nn.Sequential(*(nn.Linear(1024, 1024) for _ in range(4)))
-    for g in GROUP_SIZES:
+    for g in GROUP_SIZES if "random" in parts else ():
         for rule_name, rule in RULES.items():
-            print(
-                f"random gaussian g{g} {rule_name} rel-mse {weight_error(random_model, rule, g):.6f}"
-            )
+            error = weight_error(random_model, rule, g)
+            print(f"random uniform g{g} {rule_name} rel-mse {error:.6f}")
 
+    minilm_sizes = GROUP_SIZES if "minilm" in parts else (128,) if "minilm128" in parts else ()
     minilm, minilm_tok = models.load_minilm()
     sentences = data.lee_sentences(512)
     reference = metrics.sentence_embeddings(minilm, minilm_tok, sentences)
-    for g in GROUP_SIZES:
+    for g in minilm_sizes:
         for rule_name, rule in RULES.items():
             saved = fake_quantized(minilm, rule, g)
             cos = metrics.mean_cosine(
@@ -144,6 +147,8 @@ def main() -> None:
     print(f"(one perplexity: {time.perf_counter() - start:.0f} s)", flush=True)
     for g in GROUP_SIZES:
         for rule_name, rule in RULES.items():
+            if rule_name == "quanto-intzp":  # equal to quanta's on every weight measured before
+                continue
             rel = weight_error(model, rule, g)
             saved = fake_quantized(model, rule, g)
             ppl = metrics.perplexity(model, ids, tok.bos_token_id)
@@ -152,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1].split(","), int(sys.argv[2]) if len(sys.argv) > 2 else 8192)
