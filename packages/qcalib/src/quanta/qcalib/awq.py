@@ -30,8 +30,10 @@ from quanta.qmodules import QLinear, QModuleMixin, float_activations, layout_for
 # least this far from 0 (channels that never fire), as in the reference implementation
 MIN_FACTOR = 1e-4
 # a producer folds exactly when the scaled run reproduces the inputs times the test factors to
-# this relative error (float32 reassociation is ~1e-6; a nonlinearity in between gives ~1e-1)
+# this relative error, or FOLD_EPSILONS of the weights' epsilon for bf16/fp16 (float32
+# reassociation is ~1e-6; a nonlinearity, attention or residual in between gives ~1e-1)
 FOLD_TOLERANCE = 1e-3
+FOLD_EPSILONS = 8
 PROBE_ROWS = 64  # input rows, spread over the first batch, compared by the fold check
 
 
@@ -68,9 +70,9 @@ def awq(
     tuples / dicts of model arguments) are run in float. Linears reading one input tensor (q/k/v
     after a norm, gate/up after a norm, down after up, o after v where shapes match) share one
     scale; `grid` alphas in [0, 1] are tried on up to `max_tokens` input rows per group. With
-    `include=None` every linear whose input cannot be folded (it comes out of a nonlinearity,
-    such as GELU, or a reshape of attention) keeps round-to-nearest, with one warning; with
-    `include` (fnmatch patterns of qualified names) such a linear is a ValueError.
+    `include=None` every linear whose input cannot be folded (a nonlinearity such as GELU,
+    attention or a residual lies between it and the op before) keeps round-to-nearest, with one
+    warning; with `include` (fnmatch patterns of qualified names) such a linear is a ValueError.
     """
     patterns = _check_arguments(include, grid, max_tokens, progress)
     batches = list(batches)
@@ -244,6 +246,12 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm().clamp(min=1e-30)).item()
 
 
+def _tolerance(group: _Group) -> float:
+    """The relative error a fold check accepts for the group's weight dtype."""
+    dtype = group.members[0][1].float_weight.dtype
+    return max(FOLD_TOLERANCE, FOLD_EPSILONS * torch.finfo(dtype).eps)
+
+
 def _test_factors(group: _Group) -> torch.Tensor:
     """Random factors in [0.5, 2] for a fold check, the same on every run (seeded)."""
     generator = torch.Generator().manual_seed(len(group.members) * 7919 + group.probe.shape[-1])
@@ -300,7 +308,7 @@ def _input_scales(model: nn.Module, batch: Any, group: _Group) -> bool:
     finally:
         handle.remove()
     expected = group.probe * _test_factors(group)
-    return bool(seen) and _relative_error(seen[0], expected) <= FOLD_TOLERANCE
+    return bool(seen) and _relative_error(seen[0], expected) <= _tolerance(group)
 
 
 def _exact_together(
@@ -318,7 +326,7 @@ def _exact_together(
     finally:
         hook.remove()
     same = len(outputs) == len(reference) and all(
-        _relative_error(out.detach().float(), ref) <= FOLD_TOLERANCE
+        _relative_error(out.detach().float(), ref) <= max(map(_tolerance, groups))
         for out, ref in zip(outputs, reference, strict=True)
     )
     if same:
