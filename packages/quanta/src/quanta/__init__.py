@@ -36,6 +36,7 @@ _EXPORTS = {
     "QTensor": "quanta.qmodules",
     "weight_memory": "quanta.qmodules",
     "Calibration": "quanta.qcalib",
+    "awq": "quanta.qcalib",
     "save": "quanta.qio",
     "load": "quanta.qio",
     "QuantaConfig": "quanta.qintegrations.transformers",
@@ -44,7 +45,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from quanta.qcalib import Calibration
+    from quanta.qcalib import Calibration, awq
     from quanta.qintegrations.kv_cache import QuantizedKVCache
     from quanta.qintegrations.transformers import QuantaConfig
     from quanta.qio import load, save

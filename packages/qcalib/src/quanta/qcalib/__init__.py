@@ -1,5 +1,6 @@
 """quanta.qcalib: calibration, QAT and weight optimizers."""
 
+from quanta.qcalib.awq import awq
 from quanta.qcalib.calibration import ActivationRange, Calibration
 from quanta.qcalib.optimizers import GPTQ, HQQ, optimize_weights
 from quanta.qcalib.rotation import rotate
@@ -16,6 +17,7 @@ __all__: list[str] = [
     "HQQ",
     "ActivationRange",
     "Calibration",
+    "awq",
     "optimize_weights",
     "rotate",
     "smooth",

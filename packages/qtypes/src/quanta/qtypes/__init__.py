@@ -40,6 +40,7 @@ from quanta.qtypes.scales import (
     absmax_scale,
     least_error_candidate,
     minmax_affine_params,
+    searched_affine_params,
     symmetric_scale,
 )
 
@@ -79,6 +80,7 @@ __all__ = [
     "qnf4_dq",
     "qnvfp4",
     "qtype_names",
+    "searched_affine_params",
     "symmetric_scale",
     "table_absmax_scale",
     "to_qtype",
