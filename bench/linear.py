@@ -1,7 +1,8 @@
 """One Linear layer quantized by each library, timed side by side: `python -m bench.linear`.
 
 For every shape (tokens x in x out), activation dtype and weight qtype it times quanta
-(quantize + freeze), optimum-quanto and torchao where installed, and dense torch, in one run:
+(quantize + freeze), optimum-quanto, torchao and bitsandbytes where installed, and dense torch,
+in one run:
 weights cold (a buffer larger than the last-level cache is read before each timed call)
 and hot (the layer called again and again). It reports the median time, the ratio to dense bf16
 and to the best other library, the relative error against an fp32 matmul of the float weight,
@@ -28,11 +29,14 @@ from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-# "w8a8": int8 weights and dynamic (per-token) int8 activations
-WEIGHTS = ["int8", "int4", "int2", "fp8", "w8a8"]
-LIBRARIES = ["quanta", "quanto", "torchao"]
+# "w8a8": int8 weights and dynamic (per-token) int8 activations; nf4 / fp4: bitsandbytes' 4-bit
+# tables; mxfp4 / nvfp4 / mxfp8: the microscaling formats (their group size is the format's)
+WEIGHTS = ["int8", "int4", "int2", "fp8", "w8a8", "nf4", "fp4", "mxfp4", "nvfp4", "mxfp8"]
+LIBRARIES = ["quanta", "quanto", "torchao", "bitsandbytes"]
 SHAPES = ["1x4096x11008", "512x4096x4096"]
-GROUP_SIZE = 128  # 2/4-bit weights, every library
+# Group sizes where a qtype has a choice, the same for every library: 128 for the integer formats,
+# bitsandbytes' default block size (64) for its tables.
+GROUP_SIZES = {"int4": 128, "int2": 128, "nf4": 64, "fp4": 64}
 
 
 @dataclass
@@ -57,8 +61,7 @@ def build_quanta(layer: nn.Module, weights: str) -> nn.Module:
     if weights == "w8a8":
         quantize(layer, weights="int8", activations="int8", activations_mode="dynamic")
     else:
-        group_size = GROUP_SIZE if weights in ("int4", "int2") else None
-        quantize(layer, weights=weights, group_size=group_size)
+        quantize(layer, weights=weights, group_size=GROUP_SIZES.get(weights))
     freeze(layer)
     return layer
 
@@ -66,10 +69,10 @@ def build_quanta(layer: nn.Module, weights: str) -> nn.Module:
 def build_quanto(layer: nn.Module, weights: str) -> nn.Module:
     from optimum import quanto
 
-    if weights == "w8a8":
-        raise NotImplementedError("optimum-quanto has no dynamic activations (static only)")
     qtypes = {"int8": quanto.qint8, "int4": quanto.qint4, "int2": quanto.qint2}
     qtypes["fp8"] = quanto.qfloat8
+    if weights not in qtypes:
+        raise NotImplementedError(f"optimum-quanto has no {weights} weights")
     model = nn.Sequential(layer)
     quanto.quantize(model, weights=qtypes[weights])
     quanto.freeze(model)
@@ -86,18 +89,43 @@ def build_torchao(layer: nn.Module, weights: str) -> nn.Module:
         config = q.Int8WeightOnlyConfig()
     elif weights == "fp8":
         config = q.Float8WeightOnlyConfig()
-    else:  # torchao 0.18 has no x86 int4 weight-only kernel: its generic intx path
+    elif weights in ("int4", "int2"):  # torchao 0.18 has no x86 int4 kernel: its generic intx path
         bits = torch.int4 if weights == "int4" else torch.int2
-        config = q.IntxWeightOnlyConfig(weight_dtype=bits, granularity=PerGroup(GROUP_SIZE))
+        granularity = PerGroup(GROUP_SIZES[weights])
+        config = q.IntxWeightOnlyConfig(weight_dtype=bits, granularity=granularity)
+    else:
+        raise NotImplementedError(f"this benchmark runs no {weights} weights of torchao on CPU")
     model = nn.Sequential(layer)
     q.quantize_(model, config)
     return model
+
+
+def build_bitsandbytes(layer: nn.Linear, weights: str) -> nn.Module:
+    import bitsandbytes as bnb
+
+    if weights not in ("nf4", "fp4"):
+        raise NotImplementedError(f"bitsandbytes has no {weights} weights on CPU")
+    dtype = layer.weight.dtype
+    quantized = bnb.nn.Linear4bit(
+        layer.in_features,
+        layer.out_features,
+        bias=layer.bias is not None,
+        compute_dtype=dtype,
+        quant_type=weights,
+    )
+    quantized.weight = bnb.nn.Params4bit(
+        layer.weight.data, requires_grad=False, quant_type=weights, blocksize=GROUP_SIZES[weights]
+    )
+    if layer.bias is not None:
+        quantized.bias = nn.Parameter(layer.bias.data, requires_grad=False)
+    return quantized.to("cpu")  # moving the Params4bit to a device quantizes it
 
 
 BUILDERS: dict[str, Callable[[nn.Module, str], nn.Module]] = {
     "quanta": build_quanta,
     "quanto": build_quanto,
     "torchao": build_torchao,
+    "bitsandbytes": build_bitsandbytes,
 }
 
 
@@ -232,12 +260,13 @@ def _table_row(index: dict, shape: str, dtype: str, weights: str, cold: bool) ->
     def get(library: str, weights: str = weights, dtype: str = dtype) -> Result | None:
         return index.get((shape, dtype, weights, library, cold))
 
-    quanta, quanto, torchao = get("quanta"), get("quanto"), get("torchao")
+    quanta, quanto, torchao, bnb = (get(name) for name in LIBRARIES)
     dense_bf16 = get("torch", "dense", "bf16")
-    others = [r.median_ms for r in (quanto, torchao) if r and r.median_ms]
+    others = [r.median_ms for r in (quanto, torchao, bnb) if r and r.median_ms]
     mb = f"{quanta.weight_bytes / 2**20:.1f}" if quanta and quanta.weight_bytes else "–"
     return (
         f"| {shape} | {dtype} | {weights} | {_cell(quanta)} | {_cell(quanto)} | {_cell(torchao)} "
+        f"| {_cell(bnb)} "
         f"| {_cell(get('torch', 'dense'))} | {_ratio(quanta, dense_bf16 and dense_bf16.median_ms)} "
         f"| {_ratio(quanta, min(others) if others else None)} | {mb} |"
     )
@@ -257,9 +286,9 @@ def markdown(results: list[Result], info: dict) -> str:
             f"**Weights {'cold' if cold else 'hot'}**: median ms (relative error against fp32); "
             "ratios of quanta to dense bf16 and to the best other library; quanta's weight MB.",
             "",
-            "| tokens x in x out | act | weights | quanta | optimum-quanto | torchao | dense (act) "
-            "| quanta / dense bf16 | quanta / best other | MB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| tokens x in x out | act | weights | quanta | optimum-quanto | torchao "
+            "| bitsandbytes | dense (act) | quanta / dense bf16 | quanta / best other | MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [_table_row(index, *key, cold) for key in keys]
         lines.append("")

@@ -26,6 +26,14 @@ inline constexpr ScalarType kSymmetricCodeDtypes[] = {
 inline constexpr ScalarType kFloatDtypes[] = {
     ScalarType::Float, ScalarType::Half, ScalarType::BFloat16, ScalarType::Double};
 inline constexpr ScalarType kInt8[] = {ScalarType::Char};
+// The scales of the lut4 and grouped weights (_validate.GROUP_SCALE_DTYPES).
+inline constexpr ScalarType kGroupScaleDtypes[] = {
+    ScalarType::Float, ScalarType::Half, ScalarType::BFloat16, ScalarType::Double,
+    ScalarType::Float8_e4m3fn, ScalarType::Float8_e8m0fnu};
+inline constexpr ScalarType kGroupedCodeDtypes[] = {
+    ScalarType::Char, ScalarType::Float8_e4m3fn, ScalarType::Float8_e5m2};
+inline constexpr ScalarType kFloat32[] = {ScalarType::Float};
+inline constexpr int64_t kLut4TableSize = 16;
 inline constexpr ScalarType kUInt8[] = {ScalarType::Byte};
 
 // torch's Python name of a dtype, e.g. "torch.bfloat16".
@@ -45,6 +53,7 @@ inline std::string dtype_name(ScalarType dtype) {
     case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
     case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
     case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    case ScalarType::Float8_e8m0fnu: return "torch.float8_e8m0fnu";
     default: return std::string("torch.") + torch::headeronly::toString(dtype);
   }
 }
@@ -160,20 +169,25 @@ inline void check_symmetric_weight(
       ": scale must have shape [N, 1] = [", n, ", 1], got ", shape_string(scale, true));
 }
 
-// scale and zero_point [n, k / group_size] of a weight [n, k].
-inline void check_groups(
-    const char* op, int64_t n, int64_t k, const Tensor& scale, const Tensor& zero_point,
-    int64_t group_size) {
+// group_size divides k, and t is [n, k / group_size].
+inline void check_group_shape(
+    const char* op, int64_t n, int64_t k, int64_t group_size, const char* name, const Tensor& t) {
   STD_TORCH_CHECK(
       group_size > 0 && k % group_size == 0, "quanta::", op,
       ": group_size must be a positive divisor of K = ", k, ", got ", group_size);
   const int64_t groups = k / group_size;
-  for (const auto& [name, t] : {std::pair{"scale", &scale}, std::pair{"zero_point", &zero_point}}) {
-    STD_TORCH_CHECK(
-        t->dim() == 2 && t->size(0) == n && t->size(1) == groups, "quanta::", op, ": ", name,
-        " must have shape [rows, K // group_size] = [", n, ", ", groups, "], got ",
-        shape_string(*t, true));
-  }
+  STD_TORCH_CHECK(
+      t.dim() == 2 && t.size(0) == n && t.size(1) == groups, "quanta::", op, ": ", name,
+      " must have shape [rows, K // group_size] = [", n, ", ", groups, "], got ",
+      shape_string(t, true));
+}
+
+// scale and zero_point [n, k / group_size] of a weight [n, k].
+inline void check_groups(
+    const char* op, int64_t n, int64_t k, const Tensor& scale, const Tensor& zero_point,
+    int64_t group_size) {
+  check_group_shape(op, n, k, group_size, "scale", scale);
+  check_group_shape(op, n, k, group_size, "zero_point", zero_point);
   check_floating(op, "scale", scale);
   STD_TORCH_CHECK(
       zero_point.scalar_type() == ScalarType::Byte || is_float_dtype(zero_point.scalar_type()),
@@ -250,11 +264,9 @@ inline void check_linear_int8(
   check_target_dtype(op, dtype, kFloatDtypes);
 }
 
-inline void check_linear_affine(
-    const Tensor& input, const Tensor& packed, const Tensor& scale, const Tensor& zero_point,
-    int64_t bits, int64_t group_size, const std::optional<Tensor>& bias) {
-  const char* op = "linear_affine";
-  check_pack_bits(op, bits);
+// input [..., K] float and packed [N, ceil(K * bits / 8)]; returns K.
+inline int64_t check_packed_weight(
+    const char* op, const Tensor& input, const Tensor& packed, int64_t bits) {
   STD_TORCH_CHECK(input.dim() >= 1, "quanta::", op, ": input must be [..., K], got a scalar");
   const int64_t k = input.size(input.dim() - 1);
   check_floating(op, "input", input);
@@ -262,8 +274,52 @@ inline void check_linear_affine(
   STD_TORCH_CHECK(
       packed.dim() == 2, "quanta::", op, ": packed must be 2-D [N, ceil(K * bits / 8)], got shape ",
       shape_string(packed, false));
+  return k;
+}
+
+inline void check_linear_affine(
+    const Tensor& input, const Tensor& packed, const Tensor& scale, const Tensor& zero_point,
+    int64_t bits, int64_t group_size, const std::optional<Tensor>& bias) {
+  const char* op = "linear_affine";
+  check_pack_bits(op, bits);
+  const int64_t k = check_packed_weight(op, input, packed, bits);
   check_groups(op, packed.size(0), k, scale, zero_point, group_size);
   check_bias(op, bias, packed.size(0));
+}
+
+// scale [n, k / group_size] of kGroupScaleDtypes, for a weight [n, k].
+inline void check_scaled_groups(
+    const char* op, int64_t n, int64_t k, const Tensor& scale, int64_t group_size) {
+  check_group_shape(op, n, k, group_size, "scale", scale);
+  check_dtype(op, "scale", scale, kGroupScaleDtypes);
+}
+
+inline void check_linear_lut4(
+    const Tensor& input, const Tensor& packed, const Tensor& table, const Tensor& scale,
+    int64_t group_size, const std::optional<Tensor>& bias) {
+  const char* op = "linear_lut4";
+  const int64_t k = check_packed_weight(op, input, packed, 4);
+  check_dtype(op, "table", table, kFloat32);
+  STD_TORCH_CHECK(
+      table.dim() == 1 && table.size(0) == kLut4TableSize, "quanta::", op,
+      ": table must have shape [16] (the value of each 4-bit code), got ",
+      shape_string(table, true));
+  check_scaled_groups(op, packed.size(0), k, scale, group_size);
+  check_bias(op, bias, packed.size(0));
+}
+
+inline void check_linear_grouped(
+    const Tensor& input, const Tensor& codes, const Tensor& scale, int64_t group_size,
+    const std::optional<Tensor>& bias) {
+  const char* op = "linear_grouped";
+  check_dtype(op, "codes", codes, kGroupedCodeDtypes);
+  STD_TORCH_CHECK(
+      codes.dim() == 2, "quanta::", op, ": codes must be 2-D [rows, K], got shape ",
+      shape_string(codes, false));
+  check_scaled_groups(op, codes.size(0), codes.size(1), scale, group_size);
+  check_floating(op, "input", input);
+  check_input_k(op, input, codes.size(1));
+  check_bias(op, bias, codes.size(0));
 }
 
 }  // namespace quanta::qkernels

@@ -41,6 +41,7 @@ struct NativeWeight {
   Tensor codes;
   Tensor scale;
   std::optional<Tensor> zero;
+  std::optional<Tensor> table;
 };
 
 std::optional<OutputDtype> output_dtype(ScalarType dtype) {
@@ -58,6 +59,8 @@ std::optional<ParamType> param_type(ScalarType dtype) {
     case ScalarType::BFloat16: return ParamType::kBFloat16;
     case ScalarType::Half: return ParamType::kFloat16;
     case ScalarType::Byte: return ParamType::kUInt8;
+    case ScalarType::Float8_e4m3fn: return ParamType::kFloat8E4M3;
+    case ScalarType::Float8_e8m0fnu: return ParamType::kFloat8E8M0;
     default: return std::nullopt;
   }
 }
@@ -103,11 +106,11 @@ std::optional<Tensor> linear_decode(
   void* out_data = out.mutable_data_ptr();
   const int64_t grain = grain_rows(view.row_bytes * m);
 #ifdef QKERNELS_X86_KERNELS
-  if (plan.kernel == DecodeKernel::kBf16Uint4) {
+  if (plan.kernel == DecodeKernel::kBf16FourBit) {
     const Bf16DecodeProblem problem{
         view, static_cast<const uint16_t*>(in.x), in.group_sums, m, bias, out_data, dtype};
     torch::stable::parallel_for(0, view.n, grain, [&](int64_t begin, int64_t end) {
-      avx512_bf16::decode_uint4(problem, begin, end);
+      avx512_bf16::decode_4bit(problem, begin, end);
     });
     return out;
   }
@@ -244,7 +247,7 @@ Tensor linear_symmetric_cpu(
     return call_op<3>(
         "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
   }
-  NativeWeight w{{}, as_contiguous(codes), param_tensor(scale), std::nullopt};
+  NativeWeight w{{}, as_contiguous(codes), param_tensor(scale), std::nullopt, std::nullopt};
   w.view = {*format, static_cast<const uint8_t*>(w.codes.const_data_ptr()), n, k, k, k,
             params_of(w.scale), params_of(std::nullopt)};
   return linear_native(input, w, bias);
@@ -265,10 +268,53 @@ Tensor linear_affine_cpu(
     return call_op<3>(
         "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
   }
-  NativeWeight w{{}, as_contiguous(packed), param_tensor(scale), param_tensor(zero_point)};
+  NativeWeight w{
+      {}, as_contiguous(packed), param_tensor(scale), param_tensor(zero_point), std::nullopt};
   const WeightFormat format = bits == 4 ? WeightFormat::kUInt4 : WeightFormat::kUInt2;
   w.view = {format, w.codes.const_data_ptr<uint8_t>(), n, k, packed.size(1), group_size,
             params_of(w.scale), params_of(w.zero)};
+  return linear_native(input, w, bias);
+}
+
+Tensor linear_lut4_cpu(
+    const Tensor& input, const Tensor& packed, const Tensor& table, const Tensor& scale,
+    int64_t group_size, std::optional<Tensor> bias) {
+  check_linear_lut4(input, packed, table, scale, group_size, bias);
+  const int64_t n = packed.size(0);
+  const int64_t k = input.size(input.dim() - 1);
+  if (!native_input(input, n, k)) {
+    const Tensor codes = call_op<3>("quanta::unpack", "", {box(packed), box(int64_t{4}), box(k)});
+    const Tensor weight = call_op<5>(
+        "quanta::dequantize_lut4", "",
+        {box(codes), box(table), box(scale), box(group_size), box(input.scalar_type())});
+    return call_op<3>(
+        "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
+  }
+  NativeWeight w{
+      {}, as_contiguous(packed), param_tensor(scale), std::nullopt, as_contiguous(table)};
+  w.view = {WeightFormat::kLut4, w.codes.const_data_ptr<uint8_t>(), n, k, packed.size(1),
+            group_size, params_of(w.scale), params_of(std::nullopt),
+            w.table->const_data_ptr<float>()};
+  return linear_native(input, w, bias);
+}
+
+Tensor linear_grouped_cpu(
+    const Tensor& input, const Tensor& codes, const Tensor& scale, int64_t group_size,
+    std::optional<Tensor> bias) {
+  check_linear_grouped(input, codes, scale, group_size, bias);
+  const int64_t n = codes.size(0);
+  const int64_t k = codes.size(1);
+  if (!native_input(input, n, k)) {
+    const Tensor weight = call_op<4>(
+        "quanta::dequantize_grouped", "",
+        {box(codes), box(scale), box(group_size), box(input.scalar_type())});
+    return call_op<3>(
+        "aten::linear", "", {box(input), box(weight), box(bias_as(bias, input.scalar_type()))});
+  }
+  NativeWeight w{{}, as_contiguous(codes), param_tensor(scale), std::nullopt, std::nullopt};
+  w.view = {*symmetric_format(codes.scalar_type()),
+            static_cast<const uint8_t*>(w.codes.const_data_ptr()), n, k, k, group_size,
+            params_of(w.scale), params_of(std::nullopt)};
   return linear_native(input, w, bias);
 }
 
@@ -360,4 +406,6 @@ STABLE_TORCH_LIBRARY_IMPL(quanta, CPU, m) {
   m.impl("linear_symmetric", TORCH_BOX(&linear_symmetric_cpu));
   m.impl("linear_affine", TORCH_BOX(&linear_affine_cpu));
   m.impl("linear_int8", TORCH_BOX(&linear_int8_cpu));
+  m.impl("linear_lut4", TORCH_BOX(&linear_lut4_cpu));
+  m.impl("linear_grouped", TORCH_BOX(&linear_grouped_cpu));
 }

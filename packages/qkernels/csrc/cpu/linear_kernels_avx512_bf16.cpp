@@ -1,12 +1,14 @@
 // The linear kernels for AVX512-BF16 (compile flags in CMakeLists.txt): those of AVX-512, with
 // the dequantizer rounding to bfloat16 in one instruction, plus a decode kernel for bfloat16
-// activations and 4-bit weights. A nibble q becomes the bfloat16 128 + q with one OR
+// activations and 4-bit weights. A uint4 nibble q becomes the bfloat16 128 + q with one OR
 // (0x4300 | q), so 64 codes cost one widening load, three logic ops and two vdpbf16ps (each sums
 // 32 products in pairs into 16 fp32 lanes): about half the work of the fp32 path. The 128 is
 // taken out with the group's zero: sum x * (q - z) = sum x * (128 + q) - (128 + z) * sum x, for
-// all groups at once after the dot products. Also the exact int8 x int8 product of a few rows
-// with AVX512-VNNI (every processor with AVX512-BF16 has it), and a dequantizer of its own for
-// bfloat16 output of 4-bit codes (looked up in a table of each group's 16 values) and int8 codes.
+// all groups at once after the dot products. A lut4 code is looked up (vpermw) in the group's
+// values table[q] * scale rounded to bfloat16, the weight the reference multiplies. Also the
+// exact int8 x int8 product of a few rows with AVX512-VNNI (every processor with AVX512-BF16 has
+// it), and a dequantizer of its own for bfloat16 output of 4-bit codes (looked up in a table of
+// each group's 16 values) and int8 codes.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -40,14 +42,11 @@ __m512 affine_value(__m512 q, __m512 zero, __m512 scale) {
 }
 
 // Codes [0, size) of a 4-bit group (size / 2 bytes at src) as bfloat16: the 16 values of the
-// group, computed once into a word table, are looked up 32 codes at a time with vpermw.
-void dequantize_uint4_group(
-    const uint8_t* src, int64_t size, __m512 scale, __m512 zero, uint16_t* dst) {
-  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+// group (values), rounded once into a word table, are looked up 32 codes at a time with vpermw.
+void dequantize_4bit_group(const uint8_t* src, int64_t size, __m512 values, uint16_t* dst) {
   // Words 0 .. 15 and 16 .. 31 both hold the values of codes 0 .. 15: vpermw reads 5 bits of
   // an index, and bit 4 of ours is the low bit of the other code of the byte.
-  const __m512i table = _mm512_broadcast_i64x4(
-      (__m256i)_mm512_cvtneps_pbh(affine_value(codes, zero, scale)));
+  const __m512i table = _mm512_broadcast_i64x4((__m256i)_mm512_cvtneps_pbh(values));
   // The 16 bytes of a step are loaded into every 128-bit lane, so that vpshufb can fill dword i
   // with four copies of byte i (codes 2i and 2i + 1); shifting its high word right by 4 leaves
   // code 2i in the low bits of the low word and code 2i + 1 in those of the high word: the
@@ -96,6 +95,8 @@ void dequantize_bf16(
   }
   const int64_t groups = w.k / w.group_size;
   const int64_t group_bytes = w.group_size * weight_bits(w.format) / 8;
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 table = w.table != nullptr ? _mm512_loadu_ps(w.table) : codes;
   for (int64_t n = n_begin; n < n_end; ++n) {
     for (int64_t g = 0; g < groups; ++g) {
       const uint8_t* src = w.codes + n * w.row_bytes + g * group_bytes;
@@ -104,7 +105,10 @@ void dequantize_bf16(
       const __m512 zero = _mm512_set1_ps(param_value(w.zero, n * groups + g));
       switch (w.format) {
         case WeightFormat::kUInt4:
-          dequantize_uint4_group(src, w.group_size, scale, zero, dst);
+          dequantize_4bit_group(src, w.group_size, affine_value(codes, zero, scale), dst);
+          break;
+        case WeightFormat::kLut4:
+          dequantize_4bit_group(src, w.group_size, _mm512_mul_ps(table, scale), dst);
           break;
         case WeightFormat::kFloat8E4M3:
           dequantize_symmetric_group<WeightFormat::kFloat8E4M3>(src, w.group_size, scale, dst);
@@ -153,6 +157,14 @@ __m512 load_params(const Params& params, int64_t i, __mmask16 lanes) {
     case ParamType::kUInt8:
       return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
           _mm_maskz_loadu_epi8(lanes, static_cast<const uint8_t*>(params.data) + i)));
+    case ParamType::kFloat8E4M3:
+    case ParamType::kFloat8E8M0: {  // scales of lut4 weights, which read no zero terms
+      alignas(64) float values[16] = {};
+      for (int j = 0; j < 16; ++j) {
+        values[j] = (lanes >> j) & 1 ? param_value(params, i + j) : 0.0f;
+      }
+      return _mm512_load_ps(values);
+    }
   }
   return _mm512_setzero_ps();
 }
@@ -173,9 +185,11 @@ float shifted_zero_terms(const WeightView& w, int64_t n, const float* group_sums
   return _mm512_reduce_add_ps(total);
 }
 
-// out[m0 .. m0 + Rows, ns[0 .. Cols]] (see decode_block in linear_kernels_impl.h).
-template <int Rows, int Cols>
+// out[m0 .. m0 + Rows, ns[0 .. Cols]] (see decode_block in linear_kernels_impl.h), for kUInt4
+// or kLut4 weights.
+template <WeightFormat Format, int Rows, int Cols>
 void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
+  constexpr bool lut4 = Format == WeightFormat::kLut4;
   const WeightView& w = p.weight;
   const int64_t k = w.k;
   const int64_t groups = k / w.group_size;
@@ -195,6 +209,17 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = g * w.group_size;
+    // lut4: the group's values in bfloat16 words 0 .. 15, and again in 16 .. 31, as vpermw
+    // reads 5 bits of an index and the widened byte holds the other code's low bit in bit 4.
+    __m512i values[Cols];
+    if constexpr (lut4) {
+      const __m512 table = _mm512_loadu_ps(w.table);
+      for (int c = 0; c < Cols; ++c) {
+        const __m512 scale = _mm512_set1_ps(param_value(w.scale, ns[c] * groups + g));
+        const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_mul_ps(table, scale));
+        values[c] = _mm512_broadcast_i64x4((__m256i)rounded);
+      }
+    }
     __m512 dot_even[Rows][Cols], dot_odd[Rows][Cols];
     for (int r = 0; r < Rows; ++r) {
       for (int c = 0; c < Cols; ++c) {
@@ -206,10 +231,15 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
         __builtin_prefetch(rows[c] + kk / 2 + kPrefetchBytes);
         const __m512i bytes = _mm512_cvtepu8_epi16(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[c] + kk / 2)));
-        // (bytes & 0x0F) | 0x4300: the even codes; (bytes >> 4) | 0x4300: the odd ones.
-        const __m512bh even =
-            as_bf16(_mm512_ternarylogic_epi32(bytes, low_nibble, bf16_128, 0xEA));
-        const __m512bh odd = as_bf16(_mm512_or_si512(_mm512_srli_epi16(bytes, 4), bf16_128));
+        __m512bh even, odd;
+        if constexpr (lut4) {
+          even = as_bf16(_mm512_permutexvar_epi16(bytes, values[c]));
+          odd = as_bf16(_mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), values[c]));
+        } else {
+          // (bytes & 0x0F) | 0x4300: the even codes; (bytes >> 4) | 0x4300: the odd ones.
+          even = as_bf16(_mm512_ternarylogic_epi32(bytes, low_nibble, bf16_128, 0xEA));
+          odd = as_bf16(_mm512_or_si512(_mm512_srli_epi16(bytes, 4), bf16_128));
+        }
         for (int r = 0; r < Rows; ++r) {
           const uint16_t* xr = x + r * k + kk;
           dot_even[r][c] =
@@ -220,35 +250,44 @@ void decode_block(const Bf16DecodeProblem& p, int64_t m0, const int64_t* ns) {
       }
     }
     for (int c = 0; c < Cols; ++c) {
-      const __m512 scale = _mm512_set1_ps(param_value(w.scale, ns[c] * groups + g));
+      const __m512 scale = _mm512_set1_ps(lut4 ? 1.0f : param_value(w.scale, ns[c] * groups + g));
       for (int r = 0; r < Rows; ++r) {
         const __m512 dot = _mm512_add_ps(dot_even[r][c], dot_odd[r][c]);
-        acc[r][c] = _mm512_fmadd_ps(dot, scale, acc[r][c]);
+        acc[r][c] = lut4 ? _mm512_add_ps(dot, acc[r][c]) : _mm512_fmadd_ps(dot, scale, acc[r][c]);
       }
     }
   }
   for (int c = 0; c < Cols; ++c) {
     for (int r = 0; r < Rows; ++r) {
-      const float value = _mm512_reduce_add_ps(acc[r][c]) -
-          shifted_zero_terms(w, ns[c], p.group_sums + (m0 + r) * groups) +
-          param_value(p.bias, ns[c]);
+      const float zero_terms =
+          lut4 ? 0.0f : shifted_zero_terms(w, ns[c], p.group_sums + (m0 + r) * groups);
+      const float value = _mm512_reduce_add_ps(acc[r][c]) - zero_terms + param_value(p.bias, ns[c]);
       store_output(p.out, p.out_dtype, (m0 + r) * w.n + ns[c], value);
     }
   }
 }
 
-template <int Cols>
+template <WeightFormat Format, int Cols>
 void decode_columns_of(const Bf16DecodeProblem& p, const int64_t* ns) {
   constexpr int kRows = Cols == 1 ? kMaxRows : 2;
-  for_row_blocks<kRows>(p.m, [&]<int R>(int64_t m0) { decode_block<R, Cols>(p, m0, ns); });
+  for_row_blocks<kRows>(
+      p.m, [&]<int R>(int64_t m0) { decode_block<Format, R, Cols>(p, m0, ns); });
+}
+
+template <WeightFormat Format>
+void decode_columns(const Bf16DecodeProblem& p, int64_t n_begin, int64_t n_end) {
+  for_column_streams<kStreams>(
+      p.m, n_begin, n_end, [&](const int64_t* ns) { decode_columns_of<Format, kStreams>(p, ns); },
+      [&](const int64_t* ns) { decode_columns_of<Format, 1>(p, ns); });
 }
 
 }  // namespace
 
-void decode_uint4(const Bf16DecodeProblem& p, int64_t n_begin, int64_t n_end) {
-  for_column_streams<kStreams>(
-      p.m, n_begin, n_end, [&](const int64_t* ns) { decode_columns_of<kStreams>(p, ns); },
-      [&](const int64_t* ns) { decode_columns_of<1>(p, ns); });
+void decode_4bit(const Bf16DecodeProblem& p, int64_t n_begin, int64_t n_end) {
+  if (p.weight.format == WeightFormat::kLut4) {
+    return decode_columns<WeightFormat::kLut4>(p, n_begin, n_end);
+  }
+  decode_columns<WeightFormat::kUInt4>(p, n_begin, n_end);
 }
 
 namespace {

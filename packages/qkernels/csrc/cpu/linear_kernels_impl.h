@@ -65,7 +65,7 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
       for (int c = 0; c < Cols; ++c) {
         // Weights stream from memory once: ask for them a few cache lines ahead.
         __builtin_prefetch(rows[c] + kk * weight_bits(Format) / 8 + kPrefetchBytes);
-        const auto codes = V::template decode<Format>(rows[c], kk);
+        const auto codes = V::template decode<Format>(rows[c], kk, w.table);
         for (int r = 0; r < Rows; ++r) {
           dot_lo[r][c] = V::fma(V::load(x + r * k + kk), codes.lo, dot_lo[r][c]);
           dot_hi[r][c] = V::fma(V::load(x + r * k + kk + V::kLanes), codes.hi, dot_hi[r][c]);
@@ -76,7 +76,7 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
       const int64_t n = ns[c];
       float tail[Rows] = {};
       for (int64_t kk = begin + vector_codes; kk < begin + w.group_size; ++kk) {
-        const float code = code_value<Format>(rows[c], kk);
+        const float code = code_value<Format>(rows[c], kk, w.table);
         for (int r = 0; r < Rows; ++r) {
           tail[r] += x[r * k + kk] * code;
         }
@@ -102,7 +102,8 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
 }
 
 // decode_block for 2- and 4-bit weights with 16-lane vectors (DecodeProblem::lookup): each
-// group's values (q - zero) * scale, for every 4-bit index whose low bits are q, are computed once
+// group's values (q - zero) * scale (table[q] * scale for kLut4), for every 4-bit index whose low
+// bits are q, are computed once
 // into one vector (as the dequantizer computes them), and 16 codes at a time are looked up in it,
 // 16 bytes shifted right by bits * j giving codes per * i + j; then one FMA a code, and no
 // per-group terms. x comes in the order of the lookups.
@@ -120,7 +121,8 @@ void lookup_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
   for (int c = 0; c < Cols; ++c) {
     rows[c] = w.codes + ns[c] * w.row_bytes;
   }
-  const F codes = V::template table_codes<bits>();
+  const F codes =
+      Format == WeightFormat::kLut4 ? V::load(w.table) : V::template table_codes<bits>();
 
   F acc[Rows][Cols][2];  // two chains hide the FMA latency
   for (int r = 0; r < Rows; ++r) {
@@ -188,8 +190,7 @@ void for_row_blocks(int64_t m, const Block& block) {
 template <class V, WeightFormat Format, int Rows, int Cols>
 void decode_columns_of(const DecodeProblem& p, const int64_t* ns) {
   for_row_blocks<Rows>(p.m, [&]<int R>(int64_t m0) {
-    if constexpr (V::kLanes == 16 && (Format == WeightFormat::kUInt4 ||
-                                      Format == WeightFormat::kUInt2)) {
+    if constexpr (V::kLanes == 16 && weight_bits(Format) < 8) {
       if (p.lookup) {
         return lookup_block<V, Format, R, Cols>(p, m0, ns);
       }
@@ -248,12 +249,12 @@ void dequantize_rows(const WeightView& w, Out* out, int64_t n_begin, int64_t n_e
       const auto scale_v = V::set1(scale);
       const auto zero_v = V::set1(zero);
       for (int64_t kk = begin; kk < begin + vector_codes; kk += 2 * V::kLanes) {
-        const auto codes = V::template decode<Format>(row, kk);
+        const auto codes = V::template decode<Format>(row, kk, w.table);
         V::store(dst + kk, V::mul(V::sub(codes.lo, zero_v), scale_v));
         V::store(dst + kk + V::kLanes, V::mul(V::sub(codes.hi, zero_v), scale_v));
       }
       for (int64_t kk = begin + vector_codes; kk < begin + w.group_size; ++kk) {
-        store_scalar(dst + kk, (code_value<Format>(row, kk) - zero) * scale);
+        store_scalar(dst + kk, (code_value<Format>(row, kk, w.table) - zero) * scale);
       }
     }
   }
@@ -273,6 +274,8 @@ void with_format(WeightFormat format, const Body& body) {
       return body.template operator()<WeightFormat::kUInt4>();
     case WeightFormat::kUInt2:
       return body.template operator()<WeightFormat::kUInt2>();
+    case WeightFormat::kLut4:
+      return body.template operator()<WeightFormat::kLut4>();
   }
 }
 

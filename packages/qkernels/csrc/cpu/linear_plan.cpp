@@ -77,13 +77,16 @@ DecodeInput float32_input(
   return in;
 }
 
-// x [m, k] in bfloat16 for avx512_bf16::decode_uint4: each 64-value chunk of a row as its 32
-// even-index values, then its 32 odd-index ones; then the group sums.
+// x [m, k] in bfloat16 for avx512_bf16::decode_4bit: each 64-value chunk of a row as its 32
+// even-index values, then its 32 odd-index ones; then the group sums, for a weight with zero.
 DecodeInput bf16_input(const BFloat16Bits* x, int64_t m, const WeightView& w, void* scratch) {
   const int64_t k = w.k;
   uint16_t* ordered = static_cast<uint16_t*>(scratch);
-  float* sums = static_cast<float*>(scratch) + m * k / 2;
   deinterleave(x, m * k, 32, 2, ordered, [](BFloat16Bits v) { return v.bits; });
+  if (w.zero.data == nullptr) {
+    return {ordered, nullptr};
+  }
+  float* sums = static_cast<float*>(scratch) + m * k / 2;
   sum_groups(x, m, k, w.group_size, sums);
   return {ordered, sums};
 }
@@ -98,10 +101,10 @@ DecodePlan plan_decode(Isa isa, OutputDtype dtype, int64_t m, const WeightView& 
   const int64_t k = w.k;
   const int64_t groups = k / w.group_size;
   if (isa >= Isa::kAvx512Bf16 && dtype == OutputDtype::kBFloat16 &&
-      w.format == WeightFormat::kUInt4 && w.group_size % 64 == 0) {
-    return {DecodeKernel::kBf16Uint4, m * k / 2 + m * groups};
+      weight_bits(w.format) == 4 && w.group_size % 64 == 0) {
+    return {DecodeKernel::kBf16FourBit, m * k / 2 + m * groups};
   }
-  const bool packed = w.format == WeightFormat::kUInt4 || w.format == WeightFormat::kUInt2;
+  const bool packed = weight_bits(w.format) < 8;
   const bool lookup = isa >= Isa::kAvx512 && packed && w.group_size % lookup_chunk(w.format) == 0;
   const bool copy_x = lookup || dtype != OutputDtype::kFloat32;
   const int64_t sums = w.zero.data != nullptr && !lookup ? m * groups : 0;
@@ -118,7 +121,7 @@ DecodeInput prepare_decode_input(
   switch (dtype) {
     case OutputDtype::kBFloat16: {
       const auto* bf16 = static_cast<const BFloat16Bits*>(x);
-      if (plan.kernel == DecodeKernel::kBf16Uint4) {
+      if (plan.kernel == DecodeKernel::kBf16FourBit) {
         return bf16_input(bf16, m, w, scratch);
       }
       return float32_input(plan, bf16, m, w, floats);

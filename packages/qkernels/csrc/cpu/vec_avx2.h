@@ -59,19 +59,31 @@ struct Avx2 {
             _mm256_cvtph_ps(_mm256_extracti128_si256(halves, 1))};
   }
 
-  // Codes k .. k + 15 of a row; k * bits is a multiple of 8.
+  // table[index] for 8 indices below 16: each half of the table looked up by vpermps (which
+  // reads the low 3 bits), the half chosen by bit 3, moved to the sign bit for vblendvps.
+  static F lookup16(const float* table, __m256i index) {
+    const F low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
+    const F high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index);
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
+  }
+
+  // Codes k .. k + 15 of a row; k * bits is a multiple of 8; table: the values of kLut4 codes.
   template <WeightFormat Format>
-  static Pair decode(const uint8_t* row, int64_t k) {
+  static Pair decode(const uint8_t* row, int64_t k, const float* table) {
     if constexpr (Format == WeightFormat::kInt8) {
       return {int32_to_float(_mm256_cvtepi8_epi32(load8(row + k))),
               int32_to_float(_mm256_cvtepi8_epi32(load8(row + k + 8)))};
-    } else if constexpr (Format == WeightFormat::kUInt4) {
+    } else if constexpr (Format == WeightFormat::kUInt4 || Format == WeightFormat::kLut4) {
       const __m128i bytes = load8(row + k / 2);
       const __m128i mask = _mm_set1_epi8(0x0F);
       const __m128i codes = _mm_unpacklo_epi8(
           _mm_and_si128(bytes, mask), _mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
-      return {int32_to_float(_mm256_cvtepu8_epi32(codes)),
-              int32_to_float(_mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8)))};
+      const __m256i lo = _mm256_cvtepu8_epi32(codes);
+      const __m256i hi = _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8));
+      if constexpr (Format == WeightFormat::kLut4) {
+        return {lookup16(table, lo), lookup16(table, hi)};
+      }
+      return {int32_to_float(lo), int32_to_float(hi)};
     } else if constexpr (Format == WeightFormat::kUInt2) {
       uint32_t word;
       std::memcpy(&word, row + k / 4, sizeof(word));

@@ -98,21 +98,26 @@ struct Avx512 {
     }
   }
 
-  // Codes k .. k + 31 of a row; k * bits is a multiple of 8.
+  // Codes k .. k + 31 of a row; k * bits is a multiple of 8; table: the values of kLut4 codes.
   template <WeightFormat Format>
-  static Pair decode(const uint8_t* row, int64_t k) {
+  static Pair decode(const uint8_t* row, int64_t k, const float* table) {
     if constexpr (Format == WeightFormat::kInt8) {
       const auto* p = reinterpret_cast<const __m128i*>(row + k);
       return {int32_to_float(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
               int32_to_float(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)))};
-    } else if constexpr (Format == WeightFormat::kUInt4) {
+    } else if constexpr (Format == WeightFormat::kUInt4 || Format == WeightFormat::kLut4) {
       // Byte i holds codes 2i (low nibble) and 2i + 1: split the nibbles, interleave them back.
       const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
       const __m128i mask = _mm_set1_epi8(0x0F);
       const __m128i even = _mm_and_si128(bytes, mask);
       const __m128i odd = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-      return {int32_to_float(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(even, odd))),
-              int32_to_float(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(even, odd)))};
+      const __m512i lo = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(even, odd));
+      const __m512i hi = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(even, odd));
+      if constexpr (Format == WeightFormat::kLut4) {
+        const F values = _mm512_loadu_ps(table);
+        return {lookup(values, lo), lookup(values, hi)};
+      }
+      return {int32_to_float(lo), int32_to_float(hi)};
     } else if constexpr (Format == WeightFormat::kUInt2) {
       // Each 32-bit word holds 16 codes: broadcast it and shift each lane to its own code.
       uint32_t words[2];

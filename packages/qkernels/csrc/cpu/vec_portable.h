@@ -28,8 +28,8 @@ struct Portable {
   static float sum(F v) { return v; }
 
   template <WeightFormat Format>
-  static Pair decode(const uint8_t* row, int64_t k) {
-    return {code_value<Format>(row, k), code_value<Format>(row, k + 1)};
+  static Pair decode(const uint8_t* row, int64_t k, const float* table) {
+    return {code_value<Format>(row, k, table), code_value<Format>(row, k + 1, table)};
   }
 
   template <class Out>

@@ -69,13 +69,15 @@ inline const float* float8_table() {
   return table.values;
 }
 
-// Code k of a weight row, as a float (before zero and scale).
+// Code k of a weight row, as a float (before zero and scale); table: the values of kLut4 codes.
 template <WeightFormat Format>
-inline float code_value(const uint8_t* row, int64_t k) {
+inline float code_value(const uint8_t* row, int64_t k, const float* table) {
   if constexpr (Format == WeightFormat::kInt8) {
     return static_cast<float>(static_cast<int8_t>(row[k]));
   } else if constexpr (Format == WeightFormat::kUInt4) {
     return static_cast<float>((row[k / 2] >> ((k % 2) * 4)) & 0xF);
+  } else if constexpr (Format == WeightFormat::kLut4) {
+    return table[(row[k / 2] >> ((k % 2) * 4)) & 0xF];
   } else if constexpr (Format == WeightFormat::kUInt2) {
     return static_cast<float>((row[k / 4] >> ((k % 4) * 2)) & 0x3);
   } else {
@@ -94,6 +96,14 @@ inline float half_value(uint16_t bits) {
   }
   const uint32_t wide_exponent = exponent == 0x1F ? 0xFFu : exponent + 112;
   return bits_float(sign | (wide_exponent << 23) | (mantissa << 13));
+}
+
+// e8m0 bits to float: 2^(e - 127), 0xFF NaN (e = 0 is the float subnormal 2^-127).
+inline float e8m0_value(uint8_t e) {
+  if (e == 0xFF) {
+    return __builtin_nanf("");
+  }
+  return e == 0 ? bits_float(0x00400000u) : bits_float(static_cast<uint32_t>(e) << 23);
 }
 
 // An element of float32 or 16-bit float activations, as a float (exact).
@@ -121,6 +131,10 @@ inline float param_value(const Params& params, int64_t i) {
       return half_value(static_cast<const uint16_t*>(params.data)[i]);
     case ParamType::kUInt8:
       return static_cast<float>(static_cast<const uint8_t*>(params.data)[i]);
+    case ParamType::kFloat8E4M3:
+      return float8_table<WeightFormat::kFloat8E4M3>()[static_cast<const uint8_t*>(params.data)[i]];
+    case ParamType::kFloat8E8M0:
+      return e8m0_value(static_cast<const uint8_t*>(params.data)[i]);
   }
   return 0.0f;
 }

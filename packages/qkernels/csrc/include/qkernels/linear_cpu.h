@@ -9,15 +9,19 @@
 namespace quanta::qkernels::cpu {
 
 // How one weight code is stored. Symmetric formats hold one byte per code; affine ones hold
-// unsigned codes packed low bits first (the layout of quanta::pack).
-enum class WeightFormat : int { kInt8, kFloat8E4M3, kFloat8E5M2, kUInt4, kUInt2 };
+// unsigned codes packed low bits first (the layout of quanta::pack); kLut4 codes are packed as
+// kUInt4 and stand for the values of a table (nf4, fp4, MXFP4, NVFP4).
+enum class WeightFormat : int { kInt8, kFloat8E4M3, kFloat8E5M2, kUInt4, kUInt2, kLut4 };
 
 constexpr int weight_bits(WeightFormat format) {
-  return format == WeightFormat::kUInt4 ? 4 : format == WeightFormat::kUInt2 ? 2 : 8;
+  return format == WeightFormat::kUInt4 || format == WeightFormat::kLut4 ? 4
+      : format == WeightFormat::kUInt2                                   ? 2
+                                                                         : 8;
 }
 
 // Scales, zero points and biases are read as stored, so that a call converts none of them.
-enum class ParamType : int { kFloat32, kBFloat16, kFloat16, kUInt8 };
+// kFloat8E8M0 is 2^(e - 127), 0xFF NaN (the shared scale of the microscaling formats).
+enum class ParamType : int { kFloat32, kBFloat16, kFloat16, kUInt8, kFloat8E4M3, kFloat8E8M0 };
 
 // A flat array of such parameters; data is nullptr for "none" (a zero point or bias of 0).
 struct Params {
@@ -25,8 +29,9 @@ struct Params {
   ParamType type;
 };
 
-// A quantized weight [n, k]: value = (code - zero) * scale, with one scale (and zero) per group
-// of group_size codes along k. Symmetric weights have one group per row and no zero.
+// A quantized weight [n, k]: value = (code - zero) * scale, or table[code] * scale for kLut4, with
+// one scale (and zero) per group of group_size codes along k. Symmetric weights have one group
+// per row (or groups: quanta::linear_grouped) and no zero.
 struct WeightView {
   WeightFormat format;
   const uint8_t* codes;  // [n, row_bytes]
@@ -36,6 +41,7 @@ struct WeightView {
   int64_t group_size;   // divides k
   Params scale;         // [n, k / group_size]
   Params zero;          // [n, k / group_size], or none
+  const float* table = nullptr;  // [16]: the value of each kLut4 code
 };
 
 // The parameters from element i on.
@@ -44,8 +50,8 @@ inline Params params_from(const Params& params, int64_t i) {
     return params;
   }
   const int64_t bytes = params.type == ParamType::kFloat32 ? 4
-      : params.type == ParamType::kUInt8                  ? 1
-                                                          : 2;
+      : params.type == ParamType::kBFloat16 || params.type == ParamType::kFloat16 ? 2
+                                                                                  : 1;
   return {static_cast<const char*>(params.data) + i * bytes, params.type};
 }
 
@@ -89,9 +95,9 @@ constexpr int64_t lookup_chunk(WeightFormat format) {
 // codes, on AVX512-BF16: x holds bfloat16 bits, each 64-code chunk of a row stored as its 32
 // even-index values, then its 32 odd-index ones (the order the kernel unpacks nibbles in).
 struct Bf16DecodeProblem {
-  WeightView weight;        // kUInt4, with zero
+  WeightView weight;        // kUInt4 with zero, or kLut4
   const uint16_t* x;        // [m, k], chunks deinterleaved
-  const float* group_sums;  // [m, k / group_size]
+  const float* group_sums;  // [m, k / group_size] (kUInt4)
   int64_t m;
   Params bias;              // [n], or none
   void* out;                // [m, n]
@@ -155,7 +161,7 @@ extern const LinearKernels kLinearKernels;
 }
 namespace avx512_bf16 {
 extern const LinearKernels kLinearKernels;
-void decode_uint4(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
+void decode_4bit(const Bf16DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 void decode_int8_product(const Int8DecodeProblem& problem, int64_t n_begin, int64_t n_end);
 }
 

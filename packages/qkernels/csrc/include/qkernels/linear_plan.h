@@ -23,7 +23,7 @@ int64_t grain_rows(int64_t row_bytes);
 enum class DecodeKernel : int {
   kFloat32,    // LinearKernels::decode, x in float32
   kLookup,     // LinearKernels::decode with DecodeProblem::lookup: x in lookup order
-  kBf16Uint4,  // avx512_bf16::decode_uint4: bfloat16 x, 4-bit weights, groups of 64k codes
+  kBf16FourBit,  // avx512_bf16::decode_4bit: bfloat16 x, 4-bit weights, groups of 64k codes
 };
 
 struct DecodePlan {
@@ -31,7 +31,8 @@ struct DecodePlan {
   int64_t scratch_floats;  // float32 elements of scratch the inputs need; 0: x is read as given
 };
 
-// The bfloat16 dot-product kernel serves bfloat16 activations and 4-bit weights on AVX512-BF16;
+// The bfloat16 dot-product kernel serves bfloat16 activations and 4-bit weights (uint4 and lut4)
+// on AVX512-BF16;
 // other 2- and 4-bit cases on AVX-512 look their codes up in a table of each group's values.
 DecodePlan plan_decode(Isa isa, OutputDtype dtype, int64_t m, const WeightView& weight);
 

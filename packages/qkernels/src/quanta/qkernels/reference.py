@@ -213,8 +213,8 @@ def _per_group(values: torch.Tensor, scale: torch.Tensor, group_size: int) -> to
     return (grouped * scale.float().unsqueeze(-1)).reshape(rows, k)
 
 
-# The order in which quantize_lut4 tries the codes: a tie between two codes goes to the first
-# tried, the even one (round-to-nearest-even for e2m1 in code order), then the lower one.
+# The preference between two codes at the same distance: the even one (round-to-nearest-even for
+# e2m1 in code order), then the lower one.
 _LUT4_TIE_ORDER = (*range(0, 16, 2), *range(1, 16, 2))
 
 
@@ -224,21 +224,30 @@ def quantize_lut4(
     """uint8 codes [N, K]: the code whose table value is nearest to input / scale (fp32).
 
     Ties go to the even code; values beyond the table saturate to its nearest end; a zero scale
-    gives the code nearest to 0; NaN gives some code (the scale is where a NaN is kept).
+    gives the code nearest to 0; NaN gives some code (the scale is where a NaN is kept). table:
+    float32 [16], any order; scale [N, K // group_size], as every lut4 and grouped op takes it:
+    float, float8_e4m3fn (NVFP4) or float8_e8m0fnu (MX formats; torch's dtype, not uint8 bits).
     """
     v.check_quantize_lut4(input, table, scale, group_size)
     scale = scale.float().repeat_interleave(group_size, dim=1)
     scaled = torch.where(scale == 0, 0.0, input.float() / scale)
-    scaled = scaled.clamp(table.min(), table.max())  # ±Inf to the ends, where distances are finite
-    # One pass per code keeps memory at O(N * K), where a [N, K, 16] distance tensor would not.
-    best_code = torch.zeros_like(input, dtype=torch.uint8)
-    best_distance = torch.full_like(scaled, torch.inf)
-    for code in _LUT4_TIE_ORDER:
-        distance = (scaled - table[code]).abs()
-        nearer = distance < best_distance
-        best_code.masked_fill_(nearer, code)
-        best_distance = torch.where(nearer, distance, best_distance)
-    return best_code
+    # The nearest value is one of the two table values around input / scale (a binary search,
+    # in memory O(N * K)); equal table values (0 and -0) all stand for their preferred code.
+    rank = torch.empty(16, dtype=torch.long, device=table.device)
+    rank[list(_LUT4_TIE_ORDER)] = torch.arange(16, device=table.device)
+    same = table.unsqueeze(0) == table.unsqueeze(1)
+    preferred = torch.where(same, rank, 16).argmin(dim=1)  # for each code, among its equals
+    values, order = table.sort(stable=True)
+    codes, code_rank = preferred[order], rank[preferred[order]]
+    scaled = scaled.clamp(values[0], values[-1])  # ±Inf to the ends, where distances are finite
+    upper = torch.searchsorted(values, scaled).clamp(1, 15)
+    lower = upper - 1
+    distance_upper = (scaled - values[upper]).abs()
+    distance_lower = (scaled - values[lower]).abs()
+    take_upper = (distance_upper < distance_lower) | (
+        (distance_upper == distance_lower) & (code_rank[upper] < code_rank[lower])
+    )
+    return torch.where(take_upper, codes[upper], codes[lower]).to(torch.uint8)
 
 
 def dequantize_lut4(
