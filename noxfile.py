@@ -112,7 +112,7 @@ def tests_pkg(session: nox.Session, package: str) -> None:
 
 @nox.session
 def bnb(session: nox.Session) -> None:
-    """quanta's nf4/fp4 against bitsandbytes' own on CPU; bitsandbytes is installed here only."""
+    """quanta's nf4/fp4 against bitsandbytes' own on CPU (bitsandbytes: never in `tests`)."""
     _install(session, *BUILD_TOOLS, *TEST_TOOLS, "bitsandbytes")
     _install_layers(session, ["qtypes", "qkernels", "qmodules"], editable=True)
     session.run(

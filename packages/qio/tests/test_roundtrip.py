@@ -177,15 +177,18 @@ def test_conv2d_round_trip(tmp_path, inputs, weights):
     assert torch.equal(loaded(x), model(x))
 
 
-BLOCK_FORMATS = ["nf4", "fp4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8"]
+# every block layout in bfloat16; float32 where the layout keeps its dtype apart from its scales
+BLOCK_FORMATS = [
+    *((weights, torch.bfloat16) for weights in ("nf4", "fp4", "nf4_dq", "mxfp4", "nvfp4", "mxfp8")),
+    *(("nf4", torch.float32), ("nf4_dq", torch.float32), ("mxfp4", torch.float32)),
+]
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().view(torch.uint8)
 
 
-@pytest.mark.parametrize("weights", BLOCK_FORMATS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("weights", "dtype"), BLOCK_FORMATS, ids=str)
 def test_block_formats_round_trip_bit_identically(
     tmp_path, frozen_mlp, meta_mlp, inputs, dtype, weights
 ):

@@ -22,6 +22,8 @@ from quanta.qmodules import (
 from quanta.qtypes import qfp4, qfp4_dq, qmxfp4, qmxfp8, qnf4, qnf4_dq, qnvfp4
 
 FORMATS = [qnf4, qfp4, qnf4_dq, qfp4_dq, qmxfp4, qnvfp4, qmxfp8]
+# one qtype per layout and code kind, where the table does not matter (fp4 runs as nf4 does)
+ONE_PER_LAYOUT = [qnf4, qnf4_dq, qmxfp4, qnvfp4, qmxfp8]
 # relative RMS error of a N(0, 1) weight [64, 256] (measured: nf4 0.092, fp4 0.122, mxfp4
 # 0.115, nvfp4 0.095, mxfp8 0.029; double quantization changes the third digit), + 10%
 RELATIVE_RMS_BOUND = {
@@ -144,7 +146,7 @@ def test_double_quantization_saves_memory_and_keeps_the_error():
     assert relative_rms(double.dequantize(), weight.float()) < single_error * 1.01
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=str)
+@pytest.mark.parametrize("qtype", ONE_PER_LAYOUT, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_linear_matches_the_dequantized_weight(qtype, dtype, uniform_inputs, relative_error):
     torch.manual_seed(0)
@@ -157,7 +159,7 @@ def test_linear_matches_the_dequantized_weight(qtype, dtype, uniform_inputs, rel
     assert relative_error(actual, expected) < LINEAR_TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=str)
+@pytest.mark.parametrize("qtype", ONE_PER_LAYOUT, ids=str)
 def test_moves_copies_and_pickles_keep_the_values(qtype):
     tensor = quantized(torch.randn(8, 64), qtype)
     halved = tensor.to(torch.bfloat16)
@@ -199,7 +201,7 @@ def test_optimizers_do_not_apply():
         quantize(nn.Sequential(nn.Linear(64, 8)), weights="nf4", optimizer="minmax")
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=str)
+@pytest.mark.parametrize("qtype", ONE_PER_LAYOUT, ids=str)
 def test_quantize_freeze_and_state_dict_round_trip(qtype, uniform_inputs):
     torch.manual_seed(0)
     model = quantize(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)), weights=qtype)
