@@ -24,9 +24,9 @@ TINY_LLAMA = dict(
 )
 HEAD_DIM, KV_HEADS, LAYERS = 16, 2, 2
 PROMPT, NEW_TOKENS, CHUNK = 8, 32, 8
-# Largest |logit difference| against the float cache, teacher-forced, over logits of about ±1
-# (measured: int4 0.05, fp8 0.014, int8 0.003 with every past token quantized; about 3x margin).
-LOGIT_TOLERANCE = {"int4": 0.15, "fp8": 0.05, "int8": 0.01, "int2": 0.6}
+# Largest |logit difference| against the float cache, teacher-forced, with every past token
+# quantized, over logits within ±0.7 (measured: int4 0.014, fp8 0.0044, int8 0.0013): 3x that.
+LOGIT_TOLERANCE = {"int4": 0.04, "fp8": 0.013, "int8": 0.004}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def chunked_logits(model, tokens, cache) -> torch.Tensor:
     return torch.cat(steps, dim=1)
 
 
-@pytest.mark.parametrize("qtype", ["int4", "int8", "fp8", "int2"])
+@pytest.mark.parametrize("qtype", sorted(LOGIT_TOLERANCE))
 def test_logits_with_quantized_past_match_float(model, tokens, float_logits, qtype):
     cache = QuantizedKVCache(model.config, qtype=qtype, group_size=8, residual_length=0)
     logits = chunked_logits(model, tokens, cache)
