@@ -81,12 +81,12 @@ def awq(
     targets = _targets(model, patterns)
     with _float_model(targets):
         groups, reference = _record(model, batches, targets, max_tokens, progress)
-        paths = [
-            group
-            for group in _distinct_producers(groups)
-            if _input_scales(model, batches[0], group)
-        ]
-        foldable = _exact_together(model, batches[0], paths, reference)
+        candidates = _distinct_producers(groups)
+        if _all_exact(model, batches[0], candidates, reference):  # one run where all fold
+            foldable = candidates
+        else:
+            paths = [group for group in candidates if _input_scales(model, batches[0], group)]
+            foldable = _exact_together(model, batches[0], paths, reference)
     _report_unfoldable(groups, foldable, include)
     bar = progress_bar(foldable, desc="awq", total=len(foldable), unit="group", progress=progress)
     for group in bar:
@@ -173,10 +173,10 @@ def _record(
     progress: bool,
 ) -> tuple[list[_Group], list[torch.Tensor]]:
     """Run the batches once: group the targets by input tensor, take as each group's producer
-    the last module before it whose output has the input's width, and gather mean|x| and
-    sampled input rows. Also returns the model's output tensors on the first batch."""
+    the norm or linear run last before it when its output has the input's width, and gather
+    mean|x| and sampled input rows. Also returns the model's output tensors on the first batch."""
     by_input: dict[int, tuple[weakref.ref, _Group]] = {}
-    last_by_width: dict[int, tuple[str, nn.Module]] = {}
+    last: list[tuple[str, nn.Module, int]] = []  # the last norm or linear run: name, module, width
     names = {module: name for name, module in model.named_modules()}
     groups: dict[QLinear, _Group] = {}
     first_outputs: list[torch.Tensor] = []
@@ -185,14 +185,15 @@ def _record(
 
     def remember(module: nn.Module, args: tuple, output: Any) -> None:
         if first_batch[0] and isinstance(output, torch.Tensor):
-            last_by_width[output.shape[-1]] = (names[module], module)
+            last[:] = [(names[module], module, output.shape[-1])]
 
     def observe(module: QLinear, args: tuple) -> None:
         x = args[0]
         if first_batch[0] and module not in groups:
             seen = by_input.get(id(x))
             if seen is None or seen[0]() is not x:
-                seen = (weakref.ref(x), _Group([], last_by_width.get(x.shape[-1])))
+                before = last[0] if last and last[0][2] == x.shape[-1] else None
+                seen = (weakref.ref(x), _Group([], before and before[:2]))
                 by_input[id(x)] = seen
             seen[1].members.append((targets[module], module))
             groups[module] = seen[1]
@@ -311,11 +312,43 @@ def _input_scales(model: nn.Module, batch: Any, group: _Group) -> bool:
     return bool(seen) and _relative_error(seen[0], expected) <= _tolerance(group)
 
 
-def _exact_together(
+def _all_exact(
     model: nn.Module, batch: Any, groups: list[_Group], reference: list[torch.Tensor]
+) -> bool:
+    """Whether, all folds applied at once, every group's input is its producer's output times
+    the test factors and the model's output is unchanged."""
+    seen: dict[_Group, torch.Tensor] = {}
+
+    def capture(group: _Group):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            seen.setdefault(group, _spread_rows(x.reshape(-1, x.shape[-1]).float(), PROBE_ROWS))
+
+        return hook
+
+    handles = [group.members[0][1].register_forward_pre_hook(capture(group)) for group in groups]
+    try:
+        outputs_exact = _exact_together(model, batch, groups, reference, split=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return bool(outputs_exact) and all(
+        group in seen
+        and _relative_error(seen[group], group.probe * _test_factors(group)) <= _tolerance(group)
+        for group in groups
+    )
+
+
+def _exact_together(
+    model: nn.Module,
+    batch: Any,
+    groups: list[_Group],
+    reference: list[torch.Tensor],
+    split: bool = True,
 ) -> list[_Group]:
     """The groups whose folds leave the model's output unchanged (a norm whose output also
-    feeds a residual, as in BERT, does not): all at once, halving the set on a mismatch."""
+    feeds a residual, as in BERT, does not): all at once, then (with `split`) halving the set
+    on a mismatch."""
     if not groups:
         return []
     outputs: list[torch.Tensor] = []
@@ -331,7 +364,7 @@ def _exact_together(
     )
     if same:
         return groups
-    if len(groups) == 1:
+    if len(groups) == 1 or not split:
         return []
     half = len(groups) // 2
     return _exact_together(model, batch, groups[:half], reference) + _exact_together(
