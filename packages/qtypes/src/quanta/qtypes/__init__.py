@@ -18,7 +18,6 @@ from quanta.qtypes.scales import (
     absmax_scale,
     least_error_candidate,
     minmax_affine_params,
-    searched_affine_params,
     symmetric_scale,
 )
 
@@ -39,7 +38,6 @@ __all__ = [
     "qint4",
     "qint8",
     "qtype_names",
-    "searched_affine_params",
     "symmetric_scale",
     "to_qtype",
 ]
