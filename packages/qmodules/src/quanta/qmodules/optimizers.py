@@ -87,8 +87,7 @@ class AbsmaxOptimizer(OnTheFlyRule):
 
 class MinmaxOptimizer(OnTheFlyRule):
     """2/4-bit weights: affine scale and uint8 zero point from each group's min and max (the
-    range always holds 0), the scale shrunk by up to 19% where that lowers the group's squared
-    error (quanta.qtypes.searched_affine_params). The default for 2/4-bit qtypes."""
+    range always holds 0). The default for 2/4-bit qtypes."""
 
     name = "minmax"
     layouts = (PACKED_AFFINE,)

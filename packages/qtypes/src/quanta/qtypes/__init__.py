@@ -40,7 +40,6 @@ from quanta.qtypes.scales import (
     absmax_scale,
     least_error_candidate,
     minmax_affine_params,
-    searched_affine_params,
     symmetric_scale,
 )
 
@@ -80,7 +79,6 @@ __all__ = [
     "qnf4_dq",
     "qnvfp4",
     "qtype_names",
-    "searched_affine_params",
     "symmetric_scale",
     "table_absmax_scale",
     "to_qtype",

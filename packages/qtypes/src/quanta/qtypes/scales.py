@@ -124,35 +124,6 @@ def minmax_affine_params(
     return scale.to(x.dtype), zero_point
 
 
-# Shrinking a 2/4-bit group's range by a few percent clips its extreme values but refines every
-# step: the factors 1, 0.99, ..., 0.81 are tried per group (issue 18 compares this with
-# optimum-quanto's float zero points on SmolLM2, MiniLM and random weights: bench/int4_rounding.py).
-AFFINE_RANGE_CANDIDATES = 20
-
-
-def searched_affine_params(
-    x: torch.Tensor, qtype: QType, group_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """minmax_affine_params' scale times the factor 1 - k/100 (k < AFFINE_RANGE_CANDIDATES)
-    with the least squared rounding error per group, and the same integer zero point.
-
-    The default 2/4-bit rounding: factor 1 is min/max rounding, so no group gets worse.
-    """
-    scale, zero_point = minmax_affine_params(x, qtype, group_size)
-    wide = _wide(x)
-    groups = x.to(wide).reshape(x.shape[0], -1, group_size)
-    zero = zero_point.to(wide)[..., None]
-
-    def with_error(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        candidate = _safe_scale(scale.to(wide) * (1 - step / 100), scale.to(wide), x.dtype)
-        step_size = candidate.to(wide)[..., None]
-        codes = (groups / step_size + zero).round().clamp(qtype.qmin, qtype.qmax)
-        error = ((codes - zero) * step_size - groups).square().sum(-1)
-        return candidate, torch.where(error.isnan(), torch.inf, error)
-
-    return least_error_candidate(map(with_error, range(AFFINE_RANGE_CANDIDATES))), zero_point
-
-
 def _reduced_dims(x: torch.Tensor, axis: int | None) -> list[int]:
     """The dimensions a per-`axis` statistic reduces over (all of them for axis=None)."""
     if axis is None:

@@ -14,7 +14,7 @@ from quanta.qmodules.tensors.layouts import (
     WeightParts,
     register_layout,
 )
-from quanta.qtypes import PACKED_AFFINE, QType, searched_affine_params
+from quanta.qtypes import PACKED_AFFINE, QType, minmax_affine_params
 
 
 @register_layout
@@ -61,11 +61,11 @@ class QBitsTensor(QWeightTensor):
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, qtype: QType, group_size: int | None) -> QBitsTensor:
-        """Quantize a float tensor [out, ...] with searched affine parameters per group."""
+        """Quantize a float tensor [out, ...] with min/max affine parameters per group."""
         if group_size is None:
             raise ValueError(f"{qtype} weights need a group_size")
         rows = weight.reshape(weight.shape[0], -1)
-        scale, zero_point = searched_affine_params(rows, qtype, group_size)
+        scale, zero_point = minmax_affine_params(rows, qtype, group_size)
         codes = torch.ops.quanta.quantize_affine(rows, scale, zero_point, qtype.bits, group_size)
         packed = torch.ops.quanta.pack(codes, qtype.bits)
         return cls(packed, scale, zero_point, qtype, group_size, weight.shape)
