@@ -25,7 +25,7 @@ from quanta.qintegrations.kv_cache import QuantizedKVCache  # noqa: E402
 
 WINDOW = 512  # issue 18: "generating 512 tokens"
 CHUNK = 16  # tokens a step: the cache's float window holds a couple of steps
-WINDOWS = 2  # 1,024 Lee tokens; both caches read the same ones, so their ratio is paired
+WINDOWS = 8  # 4,096 Lee tokens, in the same windows for every cache
 # Issue 18 acceptance: int4 within +3% of the float cache's perplexity, int8 within +0.5%, and
 # the int4 cache at most 0.3x the float cache's bytes after 512 generated tokens.
 PERPLEXITY_GAIN = {"int4": 1.03, "int8": 1.005}
@@ -70,6 +70,32 @@ def test_quantized_cache_perplexity(smollm2, lee_token_ids, float_cache_perplexi
     )
     print(f"{qtype} cache perplexity {quantized:.3f}, float cache {float_cache_perplexity:.3f}")
     assert quantized <= float_cache_perplexity * PERPLEXITY_GAIN[qtype]
+
+
+@pytest.mark.slow
+def test_int4_cache_at_least_as_good_as_transformers_quanto_backend(
+    smollm2, lee_token_ids, float_cache_perplexity
+):
+    """Transformers' QuantizedCache with optimum-quanto, at quanta's group size and window."""
+    pytest.importorskip("optimum.quanto")
+    from transformers import QuantizedCache
+
+    model, tokenizer = smollm2
+    settings = dict(q_group_size=32, residual_length=32)
+    quanto = chunked_perplexity(
+        model,
+        lee_token_ids,
+        tokenizer.bos_token_id,
+        lambda: QuantizedCache("quanto", model.config, nbits=4, **settings),
+    )
+    quanta = chunked_perplexity(
+        model,
+        lee_token_ids,
+        tokenizer.bos_token_id,
+        lambda: QuantizedKVCache(model.config, qtype="int4", group_size=32, residual_length=32),
+    )
+    print(f"int4 perplexity: quanta {quanta:.3f}, quanto {quanto:.3f}")
+    assert quanta <= quanto
 
 
 @pytest.mark.slow
