@@ -20,19 +20,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from demo import data, models
+from quanta.qcalib import awq
 from quanta.qintegrations import metrics
 from quanta.qio import load, meta_skeleton, save
 from quanta.qmodules import freeze, layout_for, quantize, weight_memory
 from quanta.qtypes import to_qtype
 
 MODEL_NAMES = ("smollm2", "minilm", "mobilenet")
-WEIGHT_NAMES = ("int8", "int4", "int2", "float8")
+WEIGHT_NAMES = ("int8", "int4", "int2", "float8", "nf4", "int4-awq")
+# rows whose weights are calibrated (AWQ) on data held out from scoring: models with such data only
+CALIBRATED = {"int4-awq": "int4"}
 
 SENTENCE_BATCH = 32  # MiniLM sentences per batch
 IMAGE_BATCH = 16  # MobileNetV2 images per batch
 MB = 1e6
 # inputs on which a reloaded model must give exactly the saved model's outputs
 PROBE_TOKENS, PROBE_SENTENCES, PROBE_IMAGES = 64, 4, 2
+# AWQ calibration: windows of Lee tokens that follow the scored ones
+CALIBRATION_WINDOWS, CALIBRATION_TOKENS = 2, 512
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class ModelUnderTest:
     score: Callable[[nn.Module], tuple[float, float]]  # model -> (metric, seconds per unit)
     probe: Callable[[nn.Module], torch.Tensor]  # model -> its outputs on one small input
     exclude: str | list[str] | None = None
+    calibration: list[torch.Tensor] | None = None  # held-out batches for the calibrated rows
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,11 @@ def quantized_copy(
     exclude: str | list[str] | None = None,
     group_size: int | None = None,
     progress: bool = True,
+    calibration: list[torch.Tensor] | None = None,
 ) -> nn.Module:
     """A deep copy of `model` with quantized, frozen weights; `model` itself is left as is.
-    `group_size` applies to 2/4-bit weights (the others have one scale per output channel).
+    `group_size` applies to grouped weights (the others have one scale per output channel); a
+    calibrated row (CALIBRATED, e.g. "int4-awq") runs AWQ on `calibration` before freezing.
 
     Each Linear / Conv1d / Conv2d / Embedding is frozen on its own, so the progress bar moves
     while a large model is being quantized.
@@ -106,8 +114,11 @@ def quantized_copy(
     with tqdm(
         total=len(layer_names) + 1, desc=f"quantize {weights}", leave=False, disable=not progress
     ) as bar:
-        grouped = layout_for(to_qtype(weights)).grouped
-        quantize(qmodel, weights, exclude=exclude, group_size=group_size if grouped else None)
+        qtype = to_qtype(CALIBRATED.get(weights, weights))
+        grouped = layout_for(qtype).grouped
+        quantize(qmodel, qtype, exclude=exclude, group_size=group_size if grouped else None)
+        if weights in CALIBRATED:
+            awq(qmodel, calibration, progress=False)
         bar.update()
         for name in layer_names:
             freeze(qmodel.get_submodule(name), progress=False)  # this bar counts the modules
@@ -139,7 +150,12 @@ def _timed(function: Callable[[], object], warmup: Callable[[], object]) -> tupl
 def smollm2_under_test(settings: DemoSettings) -> ModelUnderTest:
     """SmolLM2-135M scored by perplexity on the first `settings.tokens` Lee corpus tokens."""
     model, tokenizer = models.load_smollm2(settings.cache)
-    token_ids = metrics.lm_token_ids(tokenizer, data.lee_text(), settings.tokens)
+    held_out = settings.tokens + CALIBRATION_WINDOWS * CALIBRATION_TOKENS
+    token_ids, after = metrics.lm_token_ids(tokenizer, data.lee_text(), held_out).split(
+        settings.tokens
+    )
+    bos = torch.tensor([tokenizer.bos_token_id])
+    calibration = [torch.cat([bos, window])[None] for window in after.split(CALIBRATION_TOKENS)]
 
     def score(candidate: nn.Module) -> tuple[float, float]:
         value, seconds = _timed(
@@ -152,8 +168,10 @@ def smollm2_under_test(settings: DemoSettings) -> ModelUnderTest:
         return candidate(token_ids[None, :PROBE_TOKENS]).logits
 
     return ModelUnderTest(
-        "SmolLM2-135M", model, "perplexity", "token", score, probe, exclude="lm_head"
-    )
+        "SmolLM2-135M", model, "perplexity", "token", score, probe,
+        exclude=["lm_head", "model.embed_tokens"],  # tied: kept float together
+        calibration=calibration,
+    )  # fmt: skip
 
 
 def minilm_under_test(settings: DemoSettings) -> ModelUnderTest:
@@ -230,9 +248,12 @@ def _run_demo(settings: DemoSettings, output: Path, progress: bool) -> list[Demo
             )
         )  # fmt: skip
         for weights in settings.weights:
+            if weights in CALIBRATED and under_test.calibration is None:
+                continue  # no held-out data to calibrate this model on
             qmodel = quantized_copy(
-                under_test.model, weights, under_test.exclude, settings.group_size, progress
-            )
+                under_test.model, weights, under_test.exclude, settings.group_size, progress,
+                under_test.calibration,
+            )  # fmt: skip
             quantized_bytes, float_bytes = weight_memory(qmodel)
             qmodel, file_bytes = saved_and_reloaded(
                 qmodel, under_test.model, output / f"{name}-{weights}", under_test.probe
