@@ -39,8 +39,8 @@ def test_quantize_then_info(tiny_llama_dir, token_ids, tmp_path, capsys):
 
     assert cli.main(["info", str(output)]) == 0
     report = capsys.readouterr().out
-    assert "quantized modules: 14" in report  # 2 layers x 7 projections
-    assert "14  weights qint4 group 32" in report
+    assert "quantized modules: 15" in report  # 2 layers x 7 projections, and the embedding
+    assert "15  weights qint4 group 32" in report
     assert "quantized weights:" in report and "fp32:" in report
 
     again = ["quantize", str(output), "-o", str(tmp_path / "int8"), "--weights", "int8"]
@@ -149,9 +149,10 @@ def test_info_of_a_quanta_save_folder(capsys, tiny_llama_dir, tmp_path, max_shar
     assert cli.main(["info", str(tmp_path)]) == 0
     report = capsys.readouterr().out
     assert "metadata (quanta.save)" in report
-    assert "quantized modules: 14" in report
-    # 2 layers x (q, o 64x64; k, v 32x64; gate, up, down 64x128) int4 weights: 0.29 MB in fp32
-    assert "(fp32: 0.3 MB, " in report
+    assert "quantized modules: 15" in report
+    # 2 layers x (q, o 64x64; k, v 32x64; gate, up, down 64x128) and the embedding (256 x 64,
+    # untied) int4 weights: 0.36 MB in fp32
+    assert "(fp32: 0.4 MB, " in report
 
 
 def test_info_of_quanta_save_beside_a_float_config(capsys, tiny_llama_dir, tmp_path):
@@ -160,7 +161,7 @@ def test_info_of_quanta_save_beside_a_float_config(capsys, tiny_llama_dir, tmp_p
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     save(freeze(quantize(model, weights="int8", exclude="lm_head")), tmp_path)
     assert cli.main(["info", str(tmp_path)]) == 0
-    assert "14  weights qint8" in capsys.readouterr().out
+    assert "15  weights qint8" in capsys.readouterr().out
 
 
 def test_info_of_a_folder_without_a_checkpoint_is_a_usage_error(capsys, tmp_path):
