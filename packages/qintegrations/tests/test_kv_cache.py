@@ -11,17 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from quanta.qintegrations.kv_cache import QuantizedKVCache  # noqa: E402
 
-# hidden 64 over 4 heads: head_dim 16, 2 KV heads, 2 layers
-TINY_LLAMA = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    tie_word_embeddings=False,
-)
+# conftest's tiny Llama: hidden 64 over 4 heads, head_dim 16, 2 KV heads, 2 layers
 HEAD_DIM, KV_HEADS, LAYERS = 16, 2, 2
 PROMPT, NEW_TOKENS, CHUNK = 8, 32, 8
 # Largest |logit difference| against the float cache, teacher-forced, with every past token
@@ -30,9 +20,8 @@ LOGIT_TOLERANCE = {"int4": 0.04, "fp8": 0.013, "int8": 0.004}
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).eval()
+def model(tiny_llama_dir):
+    return transformers.LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
 
 
 @pytest.fixture(scope="module")

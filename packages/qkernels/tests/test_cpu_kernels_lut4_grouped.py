@@ -8,18 +8,12 @@ import itertools
 import pytest
 import torch
 from test_cpu_kernels import FLOAT_DTYPES, N, assert_matches_reference, cpu_isa  # noqa: F401
+from test_ops_lut4_grouped import SCALE_DTYPES
 
 import quanta.qkernels
 from quanta.qkernels import reference
 
 ROWS = [1, 3, 17, 64]
-SCALE_DTYPES = [
-    torch.float32,
-    torch.bfloat16,
-    torch.float16,
-    torch.float8_e4m3fn,
-    torch.float8_e8m0fnu,
-]
 # nf4 (bitsandbytes' table, ascending) and e2m1 in code order (fp4, MXFP4, NVFP4)
 NF4_TABLE = torch.tensor(
     [-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
