@@ -41,11 +41,14 @@ _EXPORTS = {
     "load": "quanta.qio",
     "QuantaConfig": "quanta.qintegrations.transformers",
     "QuantizedKVCache": "quanta.qintegrations.kv_cache",
+    "export": "quanta.qintegrations.export",
+    "load_compressed_tensors": "quanta.qintegrations.export",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from quanta.qcalib import Calibration, awq
+    from quanta.qintegrations.export import export, load_compressed_tensors
     from quanta.qintegrations.kv_cache import QuantizedKVCache
     from quanta.qintegrations.transformers import QuantaConfig
     from quanta.qio import load, save

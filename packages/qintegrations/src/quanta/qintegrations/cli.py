@@ -1,4 +1,5 @@
-"""The `quanta` command line: `quantize`, `eval` and `info` for Transformers model folders."""
+"""The `quanta` command line: `quantize`, `eval`, `info` and `export` for Transformers model
+folders."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ WEIGHTS_FILES = (
     "pytorch_model.bin.index.json",
 )
 QUANTA_SAVE_FILES = ("model.safetensors", "model.safetensors.index.json")
+# the formats `quanta export` writes (quanta.qintegrations.export.FORMATS, checked by test_cli)
+EXPORT_FORMATS = ("compressed-tensors", "gguf")
 
 
 class UsageError(ValueError):
@@ -162,6 +165,25 @@ def _add_info(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("model_dir", type=_checkpoint_folder, metavar="DIR")
 
 
+def _add_export(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "export",
+        help="export a quantized model folder for vLLM / SGLang or llama.cpp",
+        description="Load MODEL_DIR (a folder `quanta quantize` wrote) and write it to OUT in "
+        "FORMAT: compressed-tensors (vLLM, SGLang) or gguf (llama.cpp, Ollama), exactly where "
+        "the format holds quanta's quantization; anything else is refused, or requantized to the "
+        "nearest scheme of the format with --requantize (printing the error it adds).",
+    )
+    command.add_argument("model_dir", type=_model_folder, metavar="MODEL_DIR")
+    command.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    command.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    command.add_argument(
+        "--requantize",
+        action="store_true",
+        help="requantize the modules the format cannot hold exactly to its nearest scheme",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `quanta` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="quanta", description="PyTorch weight quantization.")
@@ -170,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(subcommands)
     _add_eval(subcommands)
     _add_info(subcommands)
+    _add_export(subcommands)
     return parser
 
 
@@ -218,7 +241,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"quantize": _quantize, "eval": _eval, "info": _info}
+def _export(args: argparse.Namespace) -> int:
+    from quanta.qintegrations import commands
+
+    written = commands.export_folder(args.model_dir, args.output, args.format, args.requantize)
+    print("\n".join([f"exported to {written} ({args.format})", *commands.written_files(written)]))
+    return 0
+
+
+COMMANDS = {"quantize": _quantize, "eval": _eval, "info": _info, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

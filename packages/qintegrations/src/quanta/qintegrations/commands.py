@@ -1,4 +1,4 @@
-"""`quanta quantize`, `quanta eval` and `quanta info`: Transformers model folders on the command
+"""`quanta quantize`, `eval`, `info` and `export`: Transformers model folders on the command
 line (cli.py parses the arguments; this module holds the work and its heavy imports).
 
 Every model and tokenizer is read from a local folder (`local_files_only`): never from a hub.
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quanta.qcalib import Calibration
-from quanta.qintegrations import metrics
+from quanta.qintegrations import export, metrics
 from quanta.qintegrations.cli import UsageError
 from quanta.qintegrations.transformers import QuantaConfig
 from quanta.qintegrations.transformers.quantizer import refuse_requantizing
@@ -88,6 +88,31 @@ def quantize_folder(request: QuantizeRequest) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(request.output)
         bar.update()
+
+
+def export_folder(model_dir: Path, output: Path, format: str, requantize: bool) -> Path:
+    """Load a folder quanta quantized and export it (with its tokenizer) to `output`."""
+    _, saved, _ = _quanta_config(model_dir, [])
+    if saved is None:
+        raise UsageError(
+            f"{model_dir} is not quantized with quanta (no quant_method 'quanta' in its "
+            "config.json): quantize it first with `quanta quantize`"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype="auto", local_files_only=True
+    ).eval()
+    try:
+        return export.export(
+            model, output, format, tokenizer=_tokenizer(model_dir), requantize=requantize
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
+def written_files(folder: Path) -> list[str]:
+    """The files of an export, one line each with its size (a file export: that file)."""
+    files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
+    return [f"  {path.name}  {_megabytes(path.stat().st_size)}" for path in files]
 
 
 def _tokenizer(model_dir: Path) -> object | None:
