@@ -21,6 +21,10 @@ STABLE_TORCH_LIBRARY(quanta, m) {
   m.def(
       "linear_int8(Tensor input, Tensor input_scale, Tensor codes, Tensor scale, Tensor? bias,"
       " ScalarType dtype) -> Tensor");
+  // float8 activations times float8 weights (W8A8 fp8), scaled as linear_int8.
+  m.def(
+      "linear_float8(Tensor input, Tensor input_scale, Tensor codes, Tensor scale, Tensor? bias,"
+      " ScalarType dtype) -> Tensor");
   // 4-bit codes looked up in a table of 16 values, times a scale per group (nf4, fp4, MXFP4,
   // NVFP4); scale: float, float8_e4m3fn or float8_e8m0fnu.
   m.def("quantize_lut4(Tensor input, Tensor table, Tensor scale, int group_size) -> Tensor");

@@ -54,6 +54,17 @@ def op_samples(device):
             (int8_codes[:3], torch.rand(3, 1, device=device), int8_codes, row_scale, None, f32),
             (int8_codes, torch.tensor(0.5, device=device), int8_codes, row_scale, bias, bf16),
         ],
+        "linear_float8": [
+            (e4m3_codes[:3], torch.rand(3, 1, device=device), e4m3_codes, row_scale, None, bf16),
+            (
+                e4m3_codes,
+                torch.tensor(0.5, device=device),
+                e4m3_codes,
+                row_scale,
+                bias.detach(),
+                f32,
+            ),
+        ],
         "linear_affine": [
             (x, packed4, group_scale, group_zero, 4, 16, None),
             (

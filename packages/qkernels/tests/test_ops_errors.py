@@ -192,6 +192,28 @@ BAD_CALLS = {
         ),
         r"dtype must be one of \(float32, float16, bfloat16, float64\), got torch.int32",
     ),
+    "linear_float8_input_dtype": (
+        lambda: torch.ops.quanta.linear_float8(
+            torch.ones(3, 8, dtype=torch.int8),
+            torch.ones(3, 1),
+            torch.ones(4, 8).to(torch.float8_e4m3fn),
+            torch.ones(4, 1),
+            None,
+            torch.bfloat16,
+        ),
+        r"linear_float8: input must have dtype in \(float8_e4m3fn, float8_e5m2\), got torch.int8",
+    ),
+    "linear_float8_codes_dtype": (
+        lambda: torch.ops.quanta.linear_float8(
+            torch.ones(3, 8).to(torch.float8_e4m3fn),
+            torch.ones(()),
+            torch.ones(4, 8, dtype=torch.int8),
+            torch.ones(4, 1),
+            None,
+            torch.bfloat16,
+        ),
+        r"linear_float8: codes must have dtype in \(float8_e4m3fn, float8_e5m2\)",
+    ),
     "quantize_lut4_table_shape": (
         lambda: torch.ops.quanta.quantize_lut4(
             torch.randn(2, 8), torch.zeros(8), torch.ones(2, 2), 4

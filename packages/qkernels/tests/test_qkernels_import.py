@@ -10,7 +10,7 @@ from quanta.qkernels import reference
 
 
 def test_every_op_is_registered_with_a_reference_and_a_fake():
-    assert len(quanta.qkernels.OPS) == 15
+    assert len(quanta.qkernels.OPS) == 16
     for name in quanta.qkernels.OPS:
         qualname = f"quanta::{name}"
         assert hasattr(torch.ops.quanta, name)
@@ -40,7 +40,13 @@ def test_native_cpu_kernels_are_registered():
 
 def test_public_api():
     assert quanta.qkernels.__version__ == "0.2.0"
-    assert set(quanta.qkernels.__all__) == {"OPS", "__version__", "cpu_isa", "reference"}
+    assert set(quanta.qkernels.__all__) == {
+        "OPS",
+        "__version__",
+        "cpu_isa",
+        "cuda_dispatch",
+        "reference",
+    }
 
 
 def test_import_loads_nothing_above_qkernels():

@@ -109,6 +109,19 @@ def test_nvfp4_codes_of_hand_worked_blocks():
     assert tensor.dequantize()[0, [0, 1, 16, 17, 18]].tolist() == [2688.0, 672.0, 3.0, 1.0, -3.0]
 
 
+def test_nvfp4_linear_in_fp16_does_not_overflow_before_the_tensor_scale():
+    # the two-level codes x block scales alone reach 2688 a weight (~1300 for uniform ones), and
+    # summed over 4096 inputs they overflow fp16 unless the per-tensor scale comes first
+    torch.manual_seed(0)
+    weight = ((torch.rand(16, 4096) * 2 - 1) * 0.01).half()
+    tensor = QNVFP4Tensor.quantize(weight, qnvfp4)
+    x = torch.randn(3, 4096).half()
+    output = F.linear(x, tensor)
+    expected = x.float() @ tensor.dequantize().float().T
+    assert torch.isfinite(output).all()
+    assert torch.allclose(output.float(), expected, rtol=1e-2, atol=1e-2)
+
+
 def test_nf4_codes_of_a_hand_worked_block():
     # absmax 2: 1.0 / 2 = 0.5 lies between 0.4407 (code 12) and 0.5626 (code 13), nearer 12;
     # -2 -> -1 (code 0); 0.1 / 2 = 0.05 -> 0.0796 (code 8, 0.0296 away) rather than 0 (0.05).

@@ -1,6 +1,4 @@
 // quanta::unpack on CUDA: a torch-free kernel and launcher, then the stable-ABI binding.
-#include <dlfcn.h>
-
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -9,6 +7,7 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include "cuda_stream.h"
 #include "qkernels/unpack.h"
 #include "unpack_binding.h"
 
@@ -68,33 +67,16 @@ namespace {
 
 using torch::stable::Tensor;
 
-// torch's current CUDA stream. The C shim function lives in libtorch_cuda, which the CPU torch
-// wheel this library is linked against does not have: look it up in the loaded process instead.
-void* current_cuda_stream(int32_t device_index) {
-  using GetStream = int32_t (*)(int32_t, void**);
-  static GetStream get_stream = []() -> GetStream {
-    void* lib = dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);
-    void* symbol = dlsym(lib ? lib : RTLD_DEFAULT, "aoti_torch_get_current_cuda_stream");
-    return reinterpret_cast<GetStream>(symbol);
-  }();
-  STD_TORCH_CHECK(
-      get_stream != nullptr,
-      "quanta::unpack: cannot find torch's CUDA stream API; is this a CUDA build of torch?");
-  void* stream = nullptr;
-  STD_TORCH_CHECK(
-      get_stream(device_index, &stream) == 0, "quanta::unpack: cannot get the current CUDA stream");
-  return stream;
-}
-
 Tensor unpack_cuda(const Tensor& packed, int64_t bits, int64_t size) {
   const torch::stable::accelerator::DeviceGuard guard(packed.get_device_index());
   const auto call = quanta::qkernels::prepare_unpack(packed, bits, size, packed.is_cuda(), "CUDA");
   if (call.rows == 0) {
     return call.codes;
   }
+  void* stream = quanta::qkernels::current_cuda_stream(packed.get_device_index(), "quanta::unpack");
   const int error = quanta::qkernels::launch_unpack_cuda(
       call.packed.const_data_ptr<uint8_t>(), call.codes.mutable_data_ptr<uint8_t>(), call.rows,
-      size, static_cast<int>(bits), current_cuda_stream(packed.get_device_index()));
+      size, static_cast<int>(bits), stream);
   STD_TORCH_CHECK(
       error == cudaSuccess, "quanta::unpack: CUDA launch failed: ",
       cudaGetErrorString(static_cast<cudaError_t>(error)));

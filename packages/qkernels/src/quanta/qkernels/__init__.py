@@ -25,6 +25,7 @@ OPS = (
     "linear_symmetric",
     "linear_affine",
     "linear_int8",
+    "linear_float8",
     "quantize_lut4",
     "dequantize_lut4",
     "linear_lut4",
@@ -55,13 +56,15 @@ def _load_native(name: str, *, required: bool) -> None:
 
 
 def _register_python_kernels() -> None:
-    from quanta.qkernels import _autograd, _fake, reference
+    from quanta.qkernels import _autograd, _fake, cuda_dispatch, reference
 
     for name in OPS:
         qualname = f"quanta::{name}"
         torch.library.impl(qualname, "CompositeExplicitAutograd")(getattr(reference, name))
         torch.library.register_fake(qualname)(getattr(_fake, name))
     _autograd.register()
+    if torch.version.cuda is not None:
+        cuda_dispatch.register()  # torch's own CUDA kernels, or quanta_cuda's, per call
 
 
 _load_native("_C", required=True)  # declares every schema, plus the native CPU kernels
@@ -69,7 +72,7 @@ if torch.version.cuda is not None:
     _load_native("_C_cuda", required=False)
 _register_python_kernels()
 
-from quanta.qkernels import reference  # noqa: E402
+from quanta.qkernels import cuda_dispatch, reference  # noqa: E402
 
 
 def cpu_isa() -> str:
@@ -82,4 +85,4 @@ def cpu_isa() -> str:
     return torch.ops.quanta.cpu_isa()
 
 
-__all__ = ["OPS", "__version__", "cpu_isa", "reference"]
+__all__ = ["OPS", "__version__", "cpu_isa", "cuda_dispatch", "reference"]

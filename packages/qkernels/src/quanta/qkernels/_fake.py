@@ -63,6 +63,11 @@ def linear_int8(input, input_scale, codes, scale, bias, dtype):
     return input.new_empty((*input.shape[:-1], codes.shape[0]), dtype=dtype)
 
 
+def linear_float8(input, input_scale, codes, scale, bias, dtype):
+    v.check_linear_float8(input, input_scale, codes, scale, bias, dtype)
+    return input.new_empty((*input.shape[:-1], codes.shape[0]), dtype=dtype)
+
+
 def quantize_lut4(input, table, scale, group_size):
     v.check_quantize_lut4(input, table, scale, group_size)
     return input.new_empty(input.shape, dtype=torch.uint8)

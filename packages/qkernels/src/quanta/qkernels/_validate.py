@@ -222,10 +222,19 @@ def check_linear_symmetric(input, codes, scale, bias) -> None:
 
 
 def check_linear_int8(input, input_scale, codes, scale, bias, dtype) -> None:
-    op = "linear_int8"
-    check_symmetric_weight(op, codes, scale, (torch.int8,))
+    check_w8a8("linear_int8", (torch.int8,), input, input_scale, codes, scale, bias, dtype)
+
+
+def check_linear_float8(input, input_scale, codes, scale, bias, dtype) -> None:
+    float8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    check_w8a8("linear_float8", float8, input, input_scale, codes, scale, bias, dtype)
+
+
+def check_w8a8(op: str, code_dtypes, input, input_scale, codes, scale, bias, dtype) -> None:
+    """8-bit activations [..., K] with a per-tensor or per-row scale times 8-bit weights."""
+    check_symmetric_weight(op, codes, scale, code_dtypes)
     n, k = codes.shape
-    check_dtype(op, "input", input, (torch.int8,))
+    check_dtype(op, "input", input, code_dtypes)
     check_input_k(op, input, k)
     check_floating(op, "input_scale", input_scale)
     per_row = (*input.shape[:-1], 1)

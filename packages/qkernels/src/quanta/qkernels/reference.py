@@ -22,6 +22,7 @@ __all__ = [
     "dequantize_lut4",
     "dequantize_symmetric",
     "linear_affine",
+    "linear_float8",
     "linear_grouped",
     "linear_int8",
     "linear_lut4",
@@ -199,11 +200,44 @@ def linear_int8(
     for start in range(0, k, _EXACT_INT8_TERMS):
         chunk = slice(start, start + _EXACT_INT8_TERMS)
         acc += (rows[:, chunk].float() @ codes[:, chunk].float().t()).to(torch.int32)
+    return scale_products(acc, input.shape, input_scale, scale, bias, dtype)
+
+
+def linear_float8(
+    input: torch.Tensor,
+    input_scale: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """float8 activations times float8 weights (W8A8 fp8), scaled as linear_int8.
+
+    input float8_e4m3fn or float8_e5m2 [..., K] with input_scale of one element or [..., 1];
+    codes float8 [N, K] with scale [N, 1]. The products are summed in fp32 (as fp8 tensor
+    cores do), then scaled as linear_int8's, and the result returned in dtype.
+    """
+    v.check_linear_float8(input, input_scale, codes, scale, bias, dtype)
+    rows = input.reshape(math.prod(input.shape[:-1]), codes.shape[1])
+    acc = rows.float() @ codes.float().t()
+    return scale_products(acc, input.shape, input_scale, scale, bias, dtype)
+
+
+def scale_products(
+    acc: torch.Tensor,
+    input_shape: torch.Size,
+    input_scale: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The output of a W8A8 linear from its code products acc [rows, N]: acc * input_scale *
+    scaleᵀ + bias in fp32, in that order, reshaped to [..., N] and returned in dtype."""
     row_scale = input_scale.float().reshape(-1, 1)
     out = acc.float() * row_scale * scale.float().t()
     if bias is not None:
         out = out + bias.float()
-    return out.reshape(*input.shape[:-1], n).to(dtype)
+    return out.reshape(*input_shape[:-1], acc.shape[-1]).to(dtype)
 
 
 def _per_group(values: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -4,7 +4,8 @@ Static activations carry one scale for the whole tensor (a 0-d scale); dynamic o
 per token (a scale [..., 1] over the last dimension). Ops that are exact on the codes (views,
 relu, cat of equal scales) keep a per-tensor activation quantized; softmax returns probabilities
 quantized with scale 1/qmax; matmul/bmm of two quantized activations multiplies the codes and
-scales once, and so does a linear of int8 activations with int8 weights (quanta::linear_int8);
+scales once, and so does a linear of int8 activations with int8 weights (quanta::linear_int8)
+or, on CUDA, of float8 ones with float8 weights of the same format (quanta::linear_float8);
 anything else runs on the dequantized tensor (the QTensor fallback).
 
 NaN in, NaN out. float8 codes hold NaN; int8 codes cannot, so a NaN input makes the scale that
@@ -212,28 +213,39 @@ def _matmul(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     return (product * scale).to(torch.promote_types(left.dtype, right.dtype))
 
 
-def _int8_product(input: QActivationTensor, weight: Any, bias: Any) -> bool:
-    """Whether a linear can multiply int8 codes by int8 codes: int8 input and 2-D int8 weight,
-    and no gradient wanted (training takes the straight-through path)."""
+# The op that multiplies 8-bit activation codes by weight codes of the same dtype (W8A8).
+_CODE_PRODUCTS = {
+    torch.int8: torch.ops.quanta.linear_int8,
+    torch.float8_e4m3fn: torch.ops.quanta.linear_float8,
+    torch.float8_e5m2: torch.ops.quanta.linear_float8,
+}
+
+
+def _code_product(input: QActivationTensor, weight: Any, bias: Any) -> Any:
+    """The op that can multiply the codes of this linear (an 8-bit input and a 2-D weight of
+    the same code dtype, no gradient wanted: training takes the straight-through path), or None."""
     tensors = [t for t in (input, weight, bias) if t is not None]
-    return (
-        input.qtype.dtype == torch.int8
-        and isinstance(weight, QBytesTensor)
-        and weight.qtype.dtype == torch.int8
+    fits = (
+        isinstance(weight, QBytesTensor)
+        # float8 products have a kernel on CUDA only (_scaled_mm); elsewhere the weight's own
+        # kernel on the dequantized input is faster than the reference's fp32 product
+        and (input.qtype.dtype == torch.int8 or input.codes.device.type == "cuda")
+        and weight.qtype.dtype == input.qtype.dtype
         and weight.dim() == 2
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     )
+    return _CODE_PRODUCTS.get(input.qtype.dtype) if fits else None
 
 
 @QActivationTensor.implements(F.linear, F.conv2d)
 def _quantized_input(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """A quantized module input: int8 x int8 weights run quanta::linear_int8 (W8A8); any other
-    is dequantized, then the weight's own handler runs (its kernel)."""
+    """A quantized module input: int8 x int8 weights run quanta::linear_int8 and, on CUDA,
+    float8 x float8 weights (same format) quanta::linear_float8 (W8A8); any other is
+    dequantized, then the weight's own handler runs (its kernel)."""
     if func is F.linear:
         input, weight, bias = linear_arguments(*args, **kwargs)
-        if _int8_product(input, weight, bias):
-            return torch.ops.quanta.linear_int8(
-                input.codes, input.scale, weight.codes, weight.scale, bias, input.dtype
-            )
+        product = _code_product(input, weight, bias)
+        if product is not None:
+            return product(input.codes, input.scale, weight.codes, weight.scale, bias, input.dtype)
     input, *rest = args
     return func(straight_through_dequantize(input), *rest, **kwargs)

@@ -62,10 +62,10 @@ class QTensor(torch.Tensor, metaclass=_QTensorMeta):
         cls._function_table = {}
 
     @classmethod
-    def _make_wrapper(cls, shape: Any, scale: torch.Tensor, codes: torch.Tensor) -> QTensor:
-        """The outer tensor: logical shape, the scale's float dtype, the codes' device."""
+    def _make_wrapper(cls, shape: Any, dtype: torch.dtype, codes: torch.Tensor) -> QTensor:
+        """The outer tensor: logical shape, the weight's float dtype, the codes' device."""
         return torch.Tensor._make_wrapper_subclass(
-            cls, shape, dtype=scale.dtype, device=codes.device, requires_grad=False
+            cls, shape, dtype=dtype, device=codes.device, requires_grad=False
         )
 
     @classmethod
@@ -117,7 +117,12 @@ class QTensor(torch.Tensor, metaclass=_QTensorMeta):
         attributes = self.attributes()
         if dtype is not None and "float_dtype" in attributes:
             attributes["float_dtype"] = dtype
-        return type(self)(**inner, **attributes, shape=self.shape)
+        return type(self)(**inner, **attributes, shape=self.shape, **self._kept_forms(inner))
+
+    def _kept_forms(self, inner: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Derived kernel forms a rebuild from `inner` keeps rather than builds again (by
+        constructor argument name); none by default."""
+        return {}
 
     def __tensor_flatten__(self) -> tuple[list[str], dict[str, Any]]:
         return list(self.inner_names), self.attributes()
@@ -196,7 +201,7 @@ class QSymmetricTensor(QTensor):
 
     @staticmethod
     def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, qtype: Any, shape: Any):
-        return cls._make_wrapper(shape, scale, codes)
+        return cls._make_wrapper(shape, scale.dtype, codes)
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, qtype: Any, shape: Any):
         self.codes = codes

@@ -54,7 +54,7 @@ class QLookupTensor(QWeightTensor):
     def __new__(
         cls, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, group_size: int, shape: Any
     ):
-        return cls._make_wrapper(shape, scale, codes)
+        return cls._make_wrapper(shape, scale.dtype, codes)
 
     def __init__(
         self, codes: torch.Tensor, scale: torch.Tensor, qtype: QType, group_size: int, shape: Any
@@ -135,9 +135,7 @@ class QDoubleQuantLookupTensor(QLookupTensor):
         float_dtype: torch.dtype,
         shape: Any,
     ):
-        return torch.Tensor._make_wrapper_subclass(
-            cls, shape, dtype=float_dtype, device=codes.device, requires_grad=False
-        )
+        return cls._make_wrapper(shape, float_dtype, codes)
 
     def __init__(
         self,

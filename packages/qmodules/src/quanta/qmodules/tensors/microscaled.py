@@ -22,12 +22,6 @@ class QFixedBlockTensor(QWeightTensor):
     float_inner_names = ()
 
     @classmethod
-    def _wrapper(cls, shape: Any, float_dtype: torch.dtype, codes: torch.Tensor) -> QWeightTensor:
-        return torch.Tensor._make_wrapper_subclass(
-            cls, shape, dtype=float_dtype, device=codes.device, requires_grad=False
-        )
-
-    @classmethod
     def scale_part_names(cls) -> tuple[str, ...]:
         return tuple(name for name in cls.inner_names if name != "codes")
 
@@ -57,7 +51,7 @@ class QMicroscaledTensor(QFixedBlockTensor):
         float_dtype: torch.dtype,
         shape: Any,
     ):
-        return cls._wrapper(shape, float_dtype, codes)
+        return cls._make_wrapper(shape, float_dtype, codes)
 
     def __init__(
         self,

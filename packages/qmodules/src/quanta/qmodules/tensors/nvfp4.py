@@ -33,7 +33,7 @@ class QNVFP4Tensor(QFixedBlockTensor):
         float_dtype: torch.dtype,
         shape: Any,
     ):
-        return cls._wrapper(shape, float_dtype, codes)
+        return cls._make_wrapper(shape, float_dtype, codes)
 
     def __init__(
         self,
@@ -83,16 +83,15 @@ class QNVFP4Tensor(QFixedBlockTensor):
         return (rows * self.tensor_scale).to(self.dtype).reshape(self.shape)
 
     def linear(self, input: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # the per-tensor scale multiplies the output: the lut4 kernel takes one scale level
-        table = code_table(self.qtype, input.device)
-        output = kernel_call(
+        # the per-tensor scale goes into the table (the lut4 kernel takes one scale level): on
+        # the output it would come too late for fp16, whose sums overflow without it
+        table = code_table(self.qtype, input.device) * self.tensor_scale.to(input.device)
+        return kernel_call(
             torch.ops.quanta.linear_lut4,
             input,
             self.codes,
             table,
             self.scale,
             self.qtype.block_size,
-            None,
+            bias,
         )
-        output = output * self.tensor_scale.to(output.dtype)
-        return output if bias is None else output + bias
