@@ -6,7 +6,10 @@ in one run:
 weights cold (a buffer larger than the last-level cache is read before each timed call)
 and hot (the layer called again and again). It reports the median time, the ratio to dense bf16
 and to the best other library, the relative error against an fp32 matmul of the float weight,
-and the weight bytes; it writes bench/results/linear-<time>.jsonl and a Markdown table next to it.
+and the weight bytes; with cold weights, also the memory floor: the time to read the same bytes
+as quanta's weight, cold, on the same threads (quanta's time / floor: 1.0 is all a kernel that
+reads its weight once can do). It writes bench/results/linear-<time>.jsonl and a Markdown table
+next to it.
 """
 
 from __future__ import annotations
@@ -171,6 +174,13 @@ def median_ms(
     return statistics.median(times) * 1e3
 
 
+def floor_ms(nbytes: int, args) -> float:
+    """The cold read of `nbytes` bytes: a float32 sum over a buffer that size (vectorized and
+    split over the threads like a kernel, one add per 4 bytes), the cache flushed before each."""
+    buffer = torch.ones(max(nbytes // 4, 1))
+    return median_ms(lambda x: x.sum(), buffer, args.calls, args.flush)
+
+
 def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
     return ((out.float() - expected).norm() / expected.norm()).item()
 
@@ -217,6 +227,11 @@ def run_case(shape: str, dtype_name: str, args) -> Iterator[Result]:
             build = layer_factory(float_layer, dtype, library, weights)
             result = Result(shape, dtype_name, weights, library, cold)
             yield measure(build, x, expected, args, result)
+            if cold and library == "quanta" and result.weight_bytes:
+                floor = Result(shape, dtype_name, weights, "floor", cold)
+                floor.weight_bytes = result.weight_bytes
+                floor.median_ms = floor_ms(result.weight_bytes, args)
+                yield floor
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -261,6 +276,7 @@ def _table_row(index: dict, shape: str, dtype: str, weights: str, cold: bool) ->
         return index.get((shape, dtype, weights, library, cold))
 
     quanta, quanto, torchao, bnb = (get(name) for name in LIBRARIES)
+    floor = get("floor")
     dense_bf16 = get("torch", "dense", "bf16")
     others = [r.median_ms for r in (quanto, torchao, bnb) if r and r.median_ms]
     mb = f"{quanta.weight_bytes / 2**20:.1f}" if quanta and quanta.weight_bytes else "–"
@@ -268,7 +284,8 @@ def _table_row(index: dict, shape: str, dtype: str, weights: str, cold: bool) ->
         f"| {shape} | {dtype} | {weights} | {_cell(quanta)} | {_cell(quanto)} | {_cell(torchao)} "
         f"| {_cell(bnb)} "
         f"| {_cell(get('torch', 'dense'))} | {_ratio(quanta, dense_bf16 and dense_bf16.median_ms)} "
-        f"| {_ratio(quanta, min(others) if others else None)} | {mb} |"
+        f"| {_ratio(quanta, min(others) if others else None)} "
+        f"| {_ratio(quanta, floor and floor.median_ms)} | {mb} |"
     )
 
 
@@ -284,11 +301,13 @@ def markdown(results: list[Result], info: dict) -> str:
     for cold in sorted({r.cold for r in results}, reverse=True):
         lines += [
             f"**Weights {'cold' if cold else 'hot'}**: median ms (relative error against fp32); "
-            "ratios of quanta to dense bf16 and to the best other library; quanta's weight MB.",
+            "ratios of quanta to dense bf16, to the best other library and to the memory floor "
+            "(a cold read of quanta's weight bytes; cold tables only); quanta's weight MB.",
             "",
             "| tokens x in x out | act | weights | quanta | optimum-quanto | torchao "
-            "| bitsandbytes | dense (act) | quanta / dense bf16 | quanta / best other | MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| bitsandbytes | dense (act) | quanta / dense bf16 | quanta / best other "
+            "| quanta / floor | MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [_table_row(index, *key, cold) for key in keys]
         lines.append("")
