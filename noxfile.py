@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import nox
@@ -103,6 +105,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("package", LAYERS)
 def tests_pkg(session: nox.Session, package: str) -> None:
     """One layer and the layers below it only, installed as wheels: proves it works alone."""
+    session.env["QKERNELS_CUDA"] = "OFF"  # CPU tests; `tests` and `build` compile the CUDA library
     _install(session, *BUILD_TOOLS, *TEST_TOOLS)
     _install(session, "--no-deps", *TEST_TOOLS_NO_DEPS)
     layers = [*DEPENDS[package], package]
@@ -120,6 +123,33 @@ def bnb(session: nox.Session) -> None:
     )
 
 
+# The serving engines' own loaders, never dependencies of quanta: compressed-tensors (the format
+# vLLM and SGLang read) under Transformers, and llama.cpp through llama-cpp-python, which builds
+# llama.cpp from its source package (about 10-15 minutes on 2 cores).
+INTEROP = {
+    "compressed_tensors": (
+        ["compressed-tensors"],
+        ["packages/qintegrations/tests/test_interop_compressed_tensors.py"],
+    ),
+    "llama_cpp": (
+        ["llama-cpp-python"],
+        ["tests/test_interop_llamacpp.py", "packages/qintegrations/tests/test_export_gguf.py"],
+    ),
+}
+
+
+@nox.session
+@nox.parametrize("engine", list(INTEROP))
+def interop(session: nox.Session, engine: str) -> None:
+    """quanta's exports read by the engines' own code (`quanta export`, docs/howto/serve.md)."""
+    packages, tests = INTEROP[engine]
+    session.env["QKERNELS_CUDA"] = "OFF"  # the engines run on CPU here
+    _install(session, *BUILD_TOOLS, *TEST_TOOLS)
+    _install_layers(session, LAYERS, editable=True, real_models=True)
+    _install(session, *packages)
+    session.run("python", "-m", "pytest", *tests, "-m", "slow or not slow", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check over the whole tree."""
@@ -135,9 +165,15 @@ def build(session: nox.Session) -> None:
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     for layer in LAYERS:
+        start = time.monotonic()
         session.run(
             "python", "-m", "build", "--no-isolation", "--outdir", str(dist), f"packages/{layer}"
         )
+        session.log(f"{layer}: sdist and wheel built in {time.monotonic() - start:.0f} s")
+    # the CUDA library builds wherever nvcc is found (issue 20: it must stay cheap on 2 cores)
+    wheel = next(dist.glob("quanta_qkernels-*.whl"))
+    cuda = any(name.endswith("_C_cuda.so") for name in zipfile.ZipFile(wheel).namelist())
+    session.log(f"qkernels wheel {'with' if cuda else 'WITHOUT'} the CUDA library _C_cuda.so")
     check = Path(session.create_tmp()) / "wheel-venv"
     shutil.rmtree(check, ignore_errors=True)
     session.run("python", "-m", "venv", str(check))
@@ -152,8 +188,14 @@ def bench(session: nox.Session) -> None:
     """Time quanta's linear layers against dense torch, optimum-quanto and torchao (bench/).
 
     The other libraries are installed into this session's environment only: they are baselines,
-    never dependencies of quanta. Arguments go to `python -m bench.linear`.
+    never dependencies of quanta. Arguments go to `python -m bench.linear`; `-- generate ...`
+    runs `python -m bench.generate` instead (whole-model generation against llama.cpp).
     """
+    if session.posargs[:1] == ["generate"]:  # nox -s bench -- generate [bench.generate options]
+        _install(session, *BUILD_TOOLS, "llama-cpp-python")
+        _install_layers(session, LAYERS, editable=True, real_models=True)
+        session.run("python", "-m", "bench.generate", *session.posargs[1:])
+        return
     _install(session, *BUILD_TOOLS, *BENCH_BASELINES)
     _install_layers(session, ["qtypes", "qkernels", "qmodules"], editable=True)
     session.run("python", "-m", "bench.linear", *session.posargs)
