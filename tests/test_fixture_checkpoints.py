@@ -1,5 +1,7 @@
 """Checkpoints written by an earlier quanta (tests/fixtures/make_checkpoints.py, commit 00ffeb4)
-load bit-identically: the same stored tensors, the same outputs."""
+load bit-identically: the same stored tensors, and the same outputs up to the float rounding of
+the CPU that runs them (the fixtures' outputs were recorded on AVX2; an AVX-512/AMX machine sums
+in another order, through quanta's kernels and oneDNN's alike)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.dequantize() if isinstance(tensor, QTensor) else tensor
 
 
+def same_output(output: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to a few roundings of the output's dtype: a changed meaning of any stored tensor
+    moves outputs by far more."""
+    eps = torch.finfo(output.dtype).eps
+    torch.testing.assert_close(output, expected, rtol=4 * eps, atol=1e-5, check_dtype=False)
+
+
 def stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: tensor for key, tensor in model.state_dict().items()}
 
@@ -41,7 +50,7 @@ def test_quanta_checkpoint_of_an_earlier_version_loads_bit_identically(name):
         assert state[key].dtype == tensor.dtype, key
         assert torch.equal(state[key], tensor), key
     with torch.inference_mode():
-        assert torch.equal(plain(model(expected["input"])), expected["output"])
+        same_output(plain(model(expected["input"])), expected["output"])
 
 
 def test_transformers_folder_of_an_earlier_version_loads_bit_identically():
@@ -51,4 +60,4 @@ def test_transformers_folder_of_an_earlier_version_loads_bit_identically():
     expected = load_file(folder / "expected.safetensors")
     model = transformers.LlamaForCausalLM.from_pretrained(folder)
     with torch.inference_mode():
-        assert torch.equal(model(expected["input"]).logits, expected["output"])
+        same_output(model(expected["input"]).logits, expected["output"])
