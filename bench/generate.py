@@ -5,7 +5,8 @@ One run feeds the same prompt token ids to every row, on the same threads: llama
 "llama.cpp-int4": quanta's int4 weights written by quanta's GGUF exporter), Transformers with
 fp32 and bf16 weights, and quanta int8 / int4 / nf4 weights (groups of 32) through Transformers'
 `generate`, eager (dynamic cache) and "-compiled" (torch.compile(fullgraph) of the forward with
-Transformers' static cache); "-head" rows quantize lm_head and the embedding too. Each row runs
+Transformers' static cache); "-head" rows quantize lm_head and the embedding too, "-head8" rows
+at int8 (llama.cpp's SmolLM2 file: Q8_0 there, Q4_1 elsewhere). Each row runs
 in a fresh process (so peak RSS is its own), warms up once (compilation happens there), then
 generates `--repeats` times greedily; it reports prompt and generated tokens/s (median run),
 peak RSS, and perplexity on the demo's data (the first Lee corpus tokens in windows of 512,
@@ -41,10 +42,12 @@ ROWS = [
     "nf4",
     "int8-head",
     "int4-head",
+    "int4-head8",
     "int8-compiled",
     "int4-compiled",
     "nf4-compiled",
     "int4-head-compiled",
+    "int4-head8-compiled",
 ]
 OPTIONAL_ROWS = ["fp32-compiled", "bf16-compiled", "nf4-head", "int8-head-compiled"]
 SMOKE_ROWS = ["llama.cpp", "fp32", "int4", "int4-compiled", "int4-head"]

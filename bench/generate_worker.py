@@ -24,7 +24,7 @@ from quanta.qintegrations import metrics
 # llama.cpp's block (Q4_0, Q4_1, Q8_0): SmolLM2's weights come from a Q4_1 file, which int4
 # groups of 32 hold exactly; 32 divides every in_features of SmolLM2 and Gemma 3 too
 GROUP_SIZE = 32
-HEAD = ["lm_head", "model.embed_tokens"]  # tied in both models; quantized only by "-head" rows
+HEAD = ["lm_head", "model.embed_tokens"]  # tied in both models; quantized only by "-head*" rows
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -35,13 +35,15 @@ class Row:
     name: str
     engine: str  # "llama.cpp", "transformers" (float weights) or "quanta"
     weights: str  # "fp32", "bf16", "int8", "int4", "nf4" or "gguf"
-    head: bool = False  # lm_head and the embedding quantized too
+    # lm_head and the embedding: "" float, "head" quantized as the rest, "head8" int8 (as
+    # llama.cpp's SmolLM2 file: Q8_0 for the tied embedding, Q4_1 for the rest)
+    head: str = ""
     compiled: bool = False  # torch.compile(fullgraph) of the forward, with a static cache
 
     @property
     def checkpoint(self) -> str:
         """The name of the prepared quanta checkpoint this row loads."""
-        return f"{self.weights}-head" if self.head else self.weights
+        return f"{self.weights}-{self.head}" if self.head else self.weights
 
 
 @dataclass
@@ -77,12 +79,13 @@ class RowResult:
 
 
 def parse_row(name: str) -> Row:
-    """ "int4-head-compiled" -> Row(engine="quanta", weights="int4", head=True, compiled=True)."""
+    """ "int4-head8-compiled" -> Row(engine="quanta", weights="int4", head="head8", compiled=True)."""
     base, *flags = name.split("-")
     if name.startswith("llama.cpp"):
         return Row(name, "llama.cpp", "gguf" if name == "llama.cpp" else name.split("-", 1)[1])
     engine = "transformers" if base in DTYPES else "quanta"
-    return Row(name, engine, base, head="head" in flags, compiled="compiled" in flags)
+    head = next((flag for flag in flags if flag.startswith("head")), "")
+    return Row(name, engine, base, head=head, compiled="compiled" in flags)
 
 
 def rss_mb(field: str) -> float:
@@ -117,13 +120,19 @@ def float_model(spec, dtype: torch.dtype) -> nn.Module:
     return AutoModelForCausalLM.from_config(spec.config(), dtype=dtype).eval()
 
 
-def quantized(model: nn.Module, weights: str, head: bool, group_size: int) -> nn.Module:
+def quantized(model: nn.Module, weights: str, head: str, group_size: int) -> nn.Module:
+    """`model` with quantized weights; `head` as Row.head."""
     from quanta.qmodules import freeze, layout_for, quantize
     from quanta.qtypes import to_qtype
 
     grouped = layout_for(to_qtype(weights)).grouped
+    int8_head = {"weights": "int8", "group_size": None}
     quantize(
-        model, weights, exclude=None if head else HEAD, group_size=group_size if grouped else None
+        model,
+        weights,
+        exclude=None if head else HEAD,
+        group_size=group_size if grouped else None,
+        overrides={name: int8_head for name in HEAD} if head == "head8" else None,
     )
     return freeze(model, progress=False)
 
@@ -138,7 +147,7 @@ def prepare(
     notes = {}
     for name in checkpoints:
         weights, _, head = name.partition("-")
-        model = quantized(float_model(spec, DTYPES[dtype]), weights, bool(head), group_size)
+        model = quantized(float_model(spec, DTYPES[dtype]), weights, head, group_size)
         save(model, work_dir / name)
     if not export_gguf:
         return notes
@@ -151,7 +160,7 @@ def prepare(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_folder)
-    model = quantized(float_model(spec, torch.float32), "int4", False, group_size)
+    model = quantized(float_model(spec, torch.float32), "int4", "", group_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # requantize=True warns about what it requantized

@@ -56,3 +56,16 @@ def test_smoke_runs_every_row_in_its_own_process(generate, tmp_path):
         assert rows[name]["peak_rss_mb"] > 0
     # the static-cache compiled decode generates exactly what eager generate does
     assert rows["int4-compiled"]["generated_ids"] == rows["int4"]["generated_ids"]
+
+
+def test_head8_rows_quantize_the_tied_head_to_int8_and_the_rest_as_asked(generate):
+    from bench.generate_models import tiny_llama_config
+    from bench.generate_worker import parse_row, quantized
+    from transformers import LlamaForCausalLM
+
+    row = parse_row("int4-head8-compiled")
+    assert (row.weights, row.head, row.compiled, row.checkpoint) == ("int4", "head8", True, "int4-head8")
+    model = quantized(LlamaForCausalLM(tiny_llama_config()), row.weights, row.head, 32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, one tensor
+    assert model.lm_head.weight.qtype.name == "qint8"
+    assert model.model.layers[0].mlp.up_proj.weight.qtype.name == "qint4"

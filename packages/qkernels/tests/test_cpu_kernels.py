@@ -85,9 +85,10 @@ def test_float16_subnormal_scales(cpu_isa, rows):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
-# (group_size, groups): 17 groups of 64 run the AVX512-BF16 path's 16-group step and its tail
+# (group_size, groups): 17 groups of 64 run the AVX512-BF16 path's 16-group step and its tail;
+# 130 groups, the decode kernels' blocks of 64 groups' scales and zeros and their tail
 @pytest.mark.parametrize(
-    "group_size, groups", [(32, 3), (64, 3), (64, 17), (128, 3), (24, 3), (10, 3)]
+    "group_size, groups", [(32, 3), (32, 130), (64, 3), (64, 17), (128, 3), (24, 3), (10, 3)]
 )
 @pytest.mark.parametrize("rows", ROWS)
 def test_linear_affine(cpu_isa, bits, group_size, groups, rows):

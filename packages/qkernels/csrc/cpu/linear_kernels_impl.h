@@ -18,6 +18,23 @@ namespace {
 // How far ahead of the decode loop the weight bytes are prefetched.
 constexpr int64_t kPrefetchBytes = 4096;
 
+// Groups whose scales and zeros the decode kernels read into floats at a time (param_values).
+constexpr int64_t kParamBlock = 64;
+
+// The scales and zeros of groups [g0, g0 + count) of Cols weight rows, as floats.
+template <int Cols>
+struct GroupParams {
+  float scale[Cols][kParamBlock];
+  float zero[Cols][kParamBlock];
+
+  void read(const WeightView& w, const int64_t* ns, int64_t groups, int64_t g0, int64_t count) {
+    for (int c = 0; c < Cols; ++c) {
+      param_values(w.scale, ns[c] * groups + g0, count, scale[c]);
+      param_values(w.zero, ns[c] * groups + g0, count, zero[c]);
+    }
+  }
+};
+
 // Codes of one group that the vector loop covers: whole chunks of 2 * V::kLanes codes, when every
 // group starts on a byte boundary (the rest of the group goes through code_value).
 template <class V, WeightFormat Format>
@@ -53,7 +70,11 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
       scalar_acc[r][c] = 0.0f;
     }
   }
+  GroupParams<Cols> params;
   for (int64_t g = 0; g < groups; ++g) {
+    if (g % kParamBlock == 0) {
+      params.read(w, ns, groups, g, std::min(kParamBlock, groups - g));
+    }
     const int64_t begin = g * w.group_size;
     F dot_lo[Rows][Cols], dot_hi[Rows][Cols];  // two chains hide the FMA latency
     for (int r = 0; r < Rows; ++r) {
@@ -73,7 +94,6 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
       }
     }
     for (int c = 0; c < Cols; ++c) {
-      const int64_t n = ns[c];
       float tail[Rows] = {};
       for (int64_t kk = begin + vector_codes; kk < begin + w.group_size; ++kk) {
         const float code = code_value<Format>(rows[c], kk, w.table);
@@ -81,13 +101,13 @@ void decode_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
           tail[r] += x[r * k + kk] * code;
         }
       }
-      const float scale = param_value(w.scale, n * groups + g);
+      const float scale = params.scale[c][g % kParamBlock];
       const F scale_v = V::set1(scale);
       for (int r = 0; r < Rows; ++r) {
         acc[r][c] = V::fma(V::add(dot_lo[r][c], dot_hi[r][c]), scale_v, acc[r][c]);
         float shifted = tail[r];
         if (w.zero.data != nullptr) {
-          shifted -= param_value(w.zero, n * groups + g) * p.group_sums[(m0 + r) * groups + g];
+          shifted -= params.zero[c][g % kParamBlock] * p.group_sums[(m0 + r) * groups + g];
         }
         scalar_acc[r][c] += scale * shifted;
       }
@@ -130,12 +150,15 @@ void lookup_block(const DecodeProblem& p, int64_t m0, const int64_t* ns) {
       acc[r][c][0] = acc[r][c][1] = V::zero();
     }
   }
+  GroupParams<Cols> params;
   for (int64_t g = 0; g < groups; ++g) {
+    if (g % kParamBlock == 0) {
+      params.read(w, ns, groups, g, std::min(kParamBlock, groups - g));
+    }
     F table[Cols];
     for (int c = 0; c < Cols; ++c) {
-      const int64_t i = ns[c] * groups + g;
-      table[c] = V::mul(
-          V::sub(codes, V::set1(param_value(w.zero, i))), V::set1(param_value(w.scale, i)));
+      const int64_t i = g % kParamBlock;
+      table[c] = V::mul(V::sub(codes, V::set1(params.zero[c][i])), V::set1(params.scale[c][i]));
     }
     for (int64_t kk = g * w.group_size; kk < (g + 1) * w.group_size; kk += chunk) {
       for (int c = 0; c < Cols; ++c) {

@@ -6,6 +6,7 @@
 // them by the linker, running AVX-512 code on a processor without it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -137,6 +138,34 @@ inline float param_value(const Params& params, int64_t i) {
       return e8m0_value(static_cast<const uint8_t*>(params.data)[i]);
   }
   return 0.0f;
+}
+
+// Elements [begin, begin + count) of a parameter array as floats (zeros for none), with the
+// dtype switch outside the loop: the decode kernels read a row's group scales and zeros through
+// this a block at a time, so that small groups (32 codes) pay no switch per group.
+inline void param_values(const Params& params, int64_t begin, int64_t count, float* out) {
+  if (params.data == nullptr) {
+    std::fill(out, out + count, 0.0f);
+    return;
+  }
+  switch (params.type) {
+    case ParamType::kFloat32:
+      std::copy_n(static_cast<const float*>(params.data) + begin, count, out);
+      return;
+    case ParamType::kUInt8:
+      std::copy_n(static_cast<const uint8_t*>(params.data) + begin, count, out);
+      return;
+    case ParamType::kBFloat16:
+      for (int64_t i = 0; i < count; ++i) {
+        const uint16_t bits = static_cast<const uint16_t*>(params.data)[begin + i];
+        out[i] = bits_float(static_cast<uint32_t>(bits) << 16);
+      }
+      return;
+    default:
+      for (int64_t i = 0; i < count; ++i) {
+        out[i] = param_value(params, begin + i);
+      }
+  }
 }
 
 // float to bfloat16, rounding to nearest even (NaN stays NaN).
