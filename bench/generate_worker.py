@@ -26,6 +26,13 @@ from quanta.qintegrations import metrics
 GROUP_SIZE = 32
 HEAD = ["lm_head", "model.embed_tokens"]  # tied in both models; quantized only by "-head*" rows
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The compiled rows' inductor options (docs/benchmarks.md): no guards on the model's modules and
+# parameters (the model is not changed after compiling: ~3 ms a token of guard checks otherwise,
+# on SmolLM2's 30 layers), and the graph's kernels called from C++ rather than Python.
+COMPILE_OPTIONS = {
+    "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
+    "cpp_wrapper": True,
+}
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,8 @@ class RowResult:
 
 
 def parse_row(name: str) -> Row:
-    """ "int4-head8-compiled" -> Row(engine="quanta", weights="int4", head="head8", compiled=True)."""
+    """ "int4-head8-compiled" -> Row(engine="quanta", weights="int4", head="head8",
+    compiled=True)."""
     base, *flags = name.split("-")
     if name.startswith("llama.cpp"):
         return Row(name, "llama.cpp", "gguf" if name == "llama.cpp" else name.split("-", 1)[1])
@@ -322,7 +330,11 @@ def run_torch(spec, row: Row, task: Task, result: RowResult) -> None:
     eager_forward = model.forward
     if row.compiled:
         model.forward = torch.compile(
-            model.forward, fullgraph=True, dynamic=False, backend=task.compile_backend
+            model.forward,
+            fullgraph=True,
+            dynamic=False,
+            backend=task.compile_backend,
+            options=COMPILE_OPTIONS if task.compile_backend == "inductor" else None,
         )
     with torch.inference_mode():
         time_generation(transformers_generation(model, task, row.compiled), task, result)
